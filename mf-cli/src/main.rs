@@ -1,0 +1,2 @@
+//! The `mf` command.
+fn main() {}

@@ -1,0 +1,271 @@
+//! Request/response bookkeeping: the client's calls in flight (a slab whose
+//! index and generation make the request id) and the server's open requests.
+
+use crate::time::Instant;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+
+/// Identifies a call: on the client, returned by `call`; on the server, seen
+/// in [`Incoming::Request`](crate::Incoming::Request) and passed to `respond`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReqId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallState {
+    Free,
+    /// Accepted, no frame sent yet.
+    Queued,
+    /// Some frames sent, not the last.
+    Sending,
+    /// Completely sent; awaiting the response.
+    Sent,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallSlot {
+    generation: u32,
+    pub(crate) state: CallState,
+    deadline: Instant,
+}
+
+/// The client's calls in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Calls {
+    slots: Vec<CallSlot>,
+    free: Vec<u32>,
+    /// Calls in any state but Free.
+    pub(crate) live: u32,
+    /// Requests whose first frame was sent and that the server still counts as
+    /// open (no response, reject or cancel yet).
+    pub(crate) open_at_peer: u32,
+    /// Deadlines, lazily deleted: an entry whose call has ended is skipped.
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Calls {
+    fn split(id: ReqId) -> (usize, u32) {
+        ((id.0 & 0xffff_ffff) as usize, (id.0 >> 32) as u32)
+    }
+
+    /// Start a call; the caller has checked the limit.
+    pub(crate) fn insert(&mut self, deadline: Option<Instant>) -> ReqId {
+        let idx = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.slots.push(CallSlot { generation: 1, state: CallState::Free, deadline: Instant::NEVER });
+                self.slots.len() - 1
+            }
+        };
+        let s = &mut self.slots[idx];
+        s.state = CallState::Queued;
+        s.deadline = deadline.unwrap_or(Instant::NEVER);
+        self.live += 1;
+        let id = ReqId(((s.generation as u64) << 32) | idx as u64);
+        if let Some(d) = deadline {
+            self.heap.push(Reverse((d, id.0)));
+            if self.heap.len() > 2 * self.live as usize + 32 {
+                self.compact();
+            }
+        }
+        id
+    }
+
+    /// The slot of a live call.
+    pub(crate) fn get(&mut self, id: ReqId) -> Option<&mut CallSlot> {
+        let (idx, generation) = Self::split(id);
+        self.slots.get_mut(idx).filter(|s| s.generation == generation && s.state != CallState::Free)
+    }
+
+    pub(crate) fn is_live(&self, id: ReqId) -> bool {
+        let (idx, generation) = Self::split(id);
+        self.slots.get(idx).is_some_and(|s| s.generation == generation && s.state != CallState::Free)
+    }
+
+    /// End a call; returns its state before, or None if it was not live.
+    pub(crate) fn remove(&mut self, id: ReqId) -> Option<CallState> {
+        let (idx, generation) = Self::split(id);
+        let s = self.slots.get_mut(idx).filter(|s| s.generation == generation && s.state != CallState::Free)?;
+        let prev = s.state;
+        s.state = CallState::Free;
+        s.generation = s.generation.wrapping_add(1).max(1);
+        self.free.push(idx as u32);
+        self.live -= 1;
+        Some(prev)
+    }
+
+    /// The earliest deadline that may still matter.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|r| r.0.0)
+    }
+
+    /// Pop one call whose deadline is at or before `now`.
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<ReqId> {
+        while let Some(&Reverse((d, id))) = self.heap.peek() {
+            if d > now {
+                return None;
+            }
+            self.heap.pop();
+            let id = ReqId(id);
+            let (idx, generation) = Self::split(id);
+            if self.slots.get(idx).is_some_and(|s| s.generation == generation && s.state != CallState::Free && s.deadline == d) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn compact(&mut self) {
+        let live: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state != CallState::Free && s.deadline != Instant::NEVER)
+            .map(|(i, s)| Reverse((s.deadline, ((s.generation as u64) << 32) | i as u64)))
+            .collect();
+        self.heap = BinaryHeap::from(live);
+    }
+
+    /// All live calls with their state, in slot order (deterministic).
+    pub(crate) fn drain_live(&mut self) -> Vec<(ReqId, CallState)> {
+        let mut out = Vec::new();
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
+            if s.state != CallState::Free {
+                let id = ReqId(((s.generation as u64) << 32) | i as u64);
+                self.remove(id);
+                out.push((id, s.state));
+            }
+        }
+        self.heap.clear();
+        self.open_at_peer = 0;
+        out
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+}
+
+/// A keyed multiplicative hash for request ids. Ids come from the peer, so
+/// the key (from the session's seeded generator) keeps them from being chosen
+/// to collide; the map never iterates, so its order cannot leak anywhere.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct IdHash(pub(crate) u64);
+
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+    fn finish(&self) -> u64 {
+        let x = self.0 ^ (self.0 >> 31);
+        x.wrapping_mul(0xbf58_476d_1ce4_e5b9)
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpenReq {
+    /// Still in the inbox (not yet taken by the application).
+    pub(crate) in_inbox: bool,
+    /// The client cancelled it.
+    pub(crate) cancelled: bool,
+    /// Its channel; the response goes on the same one.
+    pub(crate) channel: u16,
+}
+
+/// The server's open requests in one session.
+#[derive(Debug, Default)]
+pub(crate) struct OpenRequests {
+    map: HashMap<u64, OpenReq, IdHash>,
+    /// Open and not cancelled: what the client counts too.
+    pub(crate) live: u32,
+}
+
+impl OpenRequests {
+    pub(crate) fn with_key(key: u64) -> Self {
+        OpenRequests { map: HashMap::with_hasher(IdHash(key)), live: 0 }
+    }
+
+    /// A request arrived whole. False if the id is already open.
+    pub(crate) fn insert(&mut self, id: u64, channel: u16) -> bool {
+        if self.map.contains_key(&id) {
+            return false;
+        }
+        self.map.insert(id, OpenReq { in_inbox: true, cancelled: false, channel });
+        self.live += 1;
+        true
+    }
+
+    /// The application took it from the inbox. True if it was cancelled
+    /// meanwhile (it is then forgotten and must not be handed out).
+    pub(crate) fn taken(&mut self, id: u64) -> bool {
+        match self.map.get_mut(&id) {
+            Some(r) if r.cancelled => {
+                self.map.remove(&id);
+                true
+            }
+            Some(r) => {
+                r.in_inbox = false;
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// The client cancelled `id`.
+    pub(crate) fn cancel(&mut self, id: u64) {
+        if let Some(r) = self.map.get_mut(&id) {
+            if r.cancelled {
+                return;
+            }
+            self.live -= 1;
+            if r.in_inbox {
+                r.cancelled = true;
+            } else {
+                self.map.remove(&id);
+            }
+        }
+    }
+
+    /// The application answers `id`: its channel if it was open (taken from
+    /// the inbox, not cancelled), and it is open no more.
+    pub(crate) fn answer(&mut self, id: u64) -> Option<u16> {
+        match self.map.get(&id) {
+            Some(r) if !r.cancelled && !r.in_inbox => {
+                let channel = r.channel;
+                self.map.remove(&id);
+                self.live -= 1;
+                Some(channel)
+            }
+            _ => None,
+        }
+    }
+
+    /// True if `id` is open and was taken by the application.
+    pub(crate) fn is_answerable(&self, id: u64) -> bool {
+        self.map.get(&id).is_some_and(|r| !r.cancelled && !r.in_inbox)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.live = 0;
+    }
+}
