@@ -126,7 +126,12 @@ impl Client {
 
     /// Queue a request. Exactly one of `Event::Response` or `Event::CallFailed`
     /// follows for the returned id; `deadline` bounds the wait.
-    pub fn call(&mut self, channel: u16, body: impl Into<Bytes>, deadline: Option<Instant>) -> Result<ReqId, SendError> {
+    pub fn call(
+        &mut self,
+        channel: u16,
+        body: impl Into<Bytes>,
+        deadline: Option<Instant>,
+    ) -> Result<ReqId, SendError> {
         self.s.call(channel, body.into(), deadline)
     }
 

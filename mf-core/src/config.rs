@@ -149,8 +149,7 @@ impl Config {
         if self.keepalive_interval_ms == 0 || self.idle_timeout_ms <= self.keepalive_interval_ms {
             return e("idle_timeout_ms must exceed keepalive_interval_ms, which must be > 0");
         }
-        if self.reconnect_backoff_min_ms == 0
-            || self.reconnect_backoff_max_ms < self.reconnect_backoff_min_ms
+        if self.reconnect_backoff_min_ms == 0 || self.reconnect_backoff_max_ms < self.reconnect_backoff_min_ms
         {
             return e("reconnect backoff: 0 < min <= max");
         }

@@ -66,7 +66,9 @@ pub enum ServerEvent {
 
 enum ConnState {
     Free,
-    Handshaking { decoder: Decoder },
+    Handshaking {
+        decoder: Decoder,
+    },
     Bound(u32),
     /// A CLOSE frame to write, then nothing.
     Closing(Option<CloseCode>),
@@ -183,7 +185,10 @@ impl Endpoint {
 
     fn session_idx(&self, id: SessionId) -> Option<u32> {
         let (idx, generation) = unpack(id.0);
-        self.sessions.get(idx).filter(|s| s.generation == generation && s.session.is_some()).map(|_| idx as u32)
+        self.sessions
+            .get(idx)
+            .filter(|s| s.generation == generation && s.session.is_some())
+            .map(|_| idx as u32)
     }
 
     fn sid(&self, idx: u32) -> SessionId {
@@ -346,7 +351,9 @@ impl Endpoint {
             idx
         };
         let slot = &mut self.sessions[idx as usize];
-        let Some(s) = slot.session.as_mut() else { return Err(CloseCode::SessionUnknown) };
+        let Some(s) = slot.session.as_mut() else {
+            return Err(CloseCode::SessionUnknown);
+        };
         s.server_attach(now, h)?;
         slot.conn = Some(conn);
         self.handshaking -= 1;
@@ -394,7 +401,9 @@ impl Endpoint {
                 break;
             }
             self.heap.pop();
-            let Some(slot) = self.sessions.get_mut(idx as usize) else { continue };
+            let Some(slot) = self.sessions.get_mut(idx as usize) else {
+                continue;
+            };
             if slot.generation != generation || slot.session.is_none() || slot.heap_deadline != t {
                 continue;
             }
@@ -416,7 +425,11 @@ impl Endpoint {
             }
             ConnState::Bound(idx) => {
                 let idx = *idx;
-                self.with_session(idx, |s| s.poll_transmit(now, buf));
+                if let Some(s) = self.sessions[idx as usize].session.as_mut() {
+                    s.poll_transmit(now, buf);
+                    // Not dirty again: the driver calls until nothing comes out.
+                    self.sync_inner(idx, false);
+                }
             }
             ConnState::Handshaking { .. } | ConnState::Free => {}
         }
@@ -456,7 +469,9 @@ impl Endpoint {
         while let Some(idx) = self.ready.pop_front() {
             let slot = &mut self.sessions[idx as usize];
             slot.in_ready = false;
-            let Some(s) = slot.session.as_mut() else { continue };
+            let Some(s) = slot.session.as_mut() else {
+                continue;
+            };
             if let Some(item) = s.recv(now) {
                 if s.inbox_len() > 0 {
                     slot.in_ready = true;
@@ -480,23 +495,40 @@ impl Endpoint {
     /// Answer a request taken with `recv`. `Ok(false)` if it is no longer open
     /// (the client cancelled it, or the session ended); the response is then
     /// dropped. A refused response comes back in the error.
-    pub fn respond(&mut self, _now: Instant, session: SessionId, req: ReqId, body: impl Into<Bytes>) -> Result<bool, SendError> {
+    pub fn respond(
+        &mut self,
+        _now: Instant,
+        session: SessionId,
+        req: ReqId,
+        body: impl Into<Bytes>,
+    ) -> Result<bool, SendError> {
         let body = body.into();
-        let Some(idx) = self.session_idx(session) else { return Ok(false) };
+        let Some(idx) = self.session_idx(session) else {
+            return Ok(false);
+        };
         self.with_session(idx, |s| s.respond(req, body)).unwrap_or(Ok(false))
     }
 
     /// Refuse a request taken with `recv`: the call fails with
     /// `FailReason::Rejected(code)`. False if it is no longer open.
     pub fn reject(&mut self, _now: Instant, session: SessionId, req: ReqId, code: u16) -> bool {
-        let Some(idx) = self.session_idx(session) else { return false };
+        let Some(idx) = self.session_idx(session) else {
+            return false;
+        };
         self.with_session(idx, |s| s.reject(req, code)).unwrap_or(false)
     }
 
     /// Send a one-way message to a session's client.
-    pub fn send(&mut self, _now: Instant, session: SessionId, channel: u16, body: impl Into<Bytes>) -> Result<MsgId, SendError> {
+    pub fn send(
+        &mut self,
+        _now: Instant,
+        session: SessionId,
+        channel: u16,
+        body: impl Into<Bytes>,
+    ) -> Result<MsgId, SendError> {
         let body = body.into();
-        let Some(s) = self.session_idx(session).and_then(|i| self.sessions[i as usize].session.as_mut()) else {
+        let Some(s) = self.session_idx(session).and_then(|i| self.sessions[i as usize].session.as_mut())
+        else {
             return Err(SendError::Closed(body));
         };
         let r = s.send(channel, body);
@@ -545,7 +577,9 @@ impl Endpoint {
 
     /// True once `shutdown` has finished: no sessions, no connections.
     pub fn is_shut_down(&self) -> bool {
-        self.shutting_down && self.sessions.iter().all(|s| s.session.is_none()) && self.connection_count() == 0
+        self.shutting_down
+            && self.sessions.iter().all(|s| s.session.is_none())
+            && self.connection_count() == 0
     }
 
     /// A session's counters.
@@ -590,16 +624,27 @@ impl Endpoint {
     /// connection state, re-arm its timer, mark its connection dirty, free it
     /// once ended and drained.
     fn sync(&mut self, idx: u32) {
+        self.sync_inner(idx, true);
+    }
+
+    fn sync_inner(&mut self, idx: u32, dirty: bool) {
         let sid = self.sid(idx);
         let slot = &mut self.sessions[idx as usize];
-        let Some(s) = slot.session.as_mut() else { return };
+        let Some(s) = slot.session.as_mut() else {
+            return;
+        };
         let mut closed: Option<(ConnId, Option<CloseCode>, CloseReason)> = None;
         let mut ended = false;
         while let Some(e) = s.poll_event() {
             match e {
                 Event::Connected { resumed } => {
                     if let Some(conn) = slot.conn {
-                        self.events.push_back(ServerEvent::SessionUp { session: sid, conn, token: s.token, resumed });
+                        self.events.push_back(ServerEvent::SessionUp {
+                            session: sid,
+                            conn,
+                            token: s.token,
+                            resumed,
+                        });
                     }
                 }
                 Event::ConnectionClosed { reason } => {
@@ -616,7 +661,10 @@ impl Endpoint {
                 }
                 Event::SessionEnded { reason } => {
                     ended = true;
-                    self.events.push_back(ServerEvent::Session { session: sid, event: Event::SessionEnded { reason } });
+                    self.events.push_back(ServerEvent::Session {
+                        session: sid,
+                        event: Event::SessionEnded { reason },
+                    });
                 }
                 event => self.events.push_back(ServerEvent::Session { session: sid, event }),
             }
@@ -648,7 +696,7 @@ impl Endpoint {
         if let Some((conn, code, reason)) = closed {
             self.close_conn(conn, code, reason);
         }
-        if let Some(conn) = conn {
+        if let Some(conn) = conn.filter(|_| dirty) {
             self.mark_dirty(conn);
         }
         if self.heap.len() > 2 * self.sessions.len() + 64 {

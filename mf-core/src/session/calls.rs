@@ -85,7 +85,8 @@ impl Calls {
     /// End a call; returns its state before, or None if it was not live.
     pub(crate) fn remove(&mut self, id: ReqId) -> Option<CallState> {
         let (idx, generation) = Self::split(id);
-        let s = self.slots.get_mut(idx).filter(|s| s.generation == generation && s.state != CallState::Free)?;
+        let s =
+            self.slots.get_mut(idx).filter(|s| s.generation == generation && s.state != CallState::Free)?;
         let prev = s.state;
         s.state = CallState::Free;
         s.generation = s.generation.wrapping_add(1).max(1);
@@ -108,7 +109,11 @@ impl Calls {
             self.heap.pop();
             let id = ReqId(id);
             let (idx, generation) = Self::split(id);
-            if self.slots.get(idx).is_some_and(|s| s.generation == generation && s.state != CallState::Free && s.deadline == d) {
+            if self
+                .slots
+                .get(idx)
+                .is_some_and(|s| s.generation == generation && s.state != CallState::Free && s.deadline == d)
+            {
                 return Some(id);
             }
         }

@@ -2,7 +2,9 @@
 //! keep-alive timing, idle detection, closing, reconnect scheduling.
 
 use super::*;
-use crate::wire::{Decoder, FRAME_BODY_MAX, Frame, FrameType, Handshake, PROTOCOL_VERSION, TransmitBuf, encode};
+use crate::wire::{
+    Decoder, FRAME_BODY_MAX, Frame, FrameType, Handshake, PROTOCOL_VERSION, TransmitBuf, encode,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum LinkState {

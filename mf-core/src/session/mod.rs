@@ -433,7 +433,10 @@ impl Session {
         }
         let drained = self.tx.queued_msgs == 0
             && self.bufs.as_deref().is_none_or(|b| {
-                b.receipts.is_empty() && b.calls.is_empty() && b.streams.is_empty() && b.pending_resp.is_empty()
+                b.receipts.is_empty()
+                    && b.calls.is_empty()
+                    && b.streams.is_empty()
+                    && b.pending_resp.is_empty()
             })
             && self.tx.acked_seq == self.tx.next_seq;
         if drained {
@@ -473,7 +476,9 @@ impl Session {
         let reason = FailReason::SessionLost(reason);
         let not = Failure { reason, fate: Fate::NotDelivered };
         let unknown = Failure { reason, fate: Fate::Unknown };
-        let Some(mut b) = self.bufs.take() else { return };
+        let Some(mut b) = self.bufs.take() else {
+            return;
+        };
         let mut events = std::mem::take(&mut b.events);
         // Never fully sent: the last frame did not leave, so the peer cannot
         // have completed them.
@@ -512,7 +517,9 @@ impl Session {
     /// End one call with a failure (deadline or cancel).
     pub(crate) fn end_call(&mut self, id: ReqId, reason: FailReason) -> bool {
         let b = self.bufs();
-        let Some(state) = b.calls.remove(id) else { return false };
+        let Some(state) = b.calls.remove(id) else {
+            return false;
+        };
         let fate = match state {
             calls::CallState::Queued => Fate::NotDelivered,
             _ => Fate::Unknown,

@@ -73,7 +73,8 @@ impl Session {
             }
             Frame::Fragment { channel, response, last, payload } => {
                 let b = self.bufs();
-                let Some(i) = b.reasm.iter().position(|r| r.channel == channel && r.response == response) else {
+                let Some(i) = b.reasm.iter().position(|r| r.channel == channel && r.response == response)
+                else {
                     return Err(CloseCode::UnexpectedFrame);
                 };
                 let r = &mut b.reasm[i];
@@ -108,7 +109,13 @@ impl Session {
     }
 
     /// A whole message, request or response arrived.
-    fn complete(&mut self, _now: Instant, kind: DataKind, channel: u16, body: Bytes) -> Result<(), CloseCode> {
+    fn complete(
+        &mut self,
+        _now: Instant,
+        kind: DataKind,
+        channel: u16,
+        body: Bytes,
+    ) -> Result<(), CloseCode> {
         self.stats.msgs_received += 1;
         self.stats.bytes_received += body.len() as u64;
         match kind {

@@ -192,7 +192,8 @@ impl Sched<'_> {
         if out.kind.is_inbox() {
             let out_msgs = self.tx.admitted_msgs - self.tx.peer_consumed_msgs;
             let out_bytes = self.tx.admitted_bytes - self.tx.peer_consumed_bytes;
-            if !window_admits(out_msgs, out_bytes, size as u64, self.peer.window_msgs, self.peer.window_bytes) {
+            if !window_admits(out_msgs, out_bytes, size as u64, self.peer.window_msgs, self.peer.window_bytes)
+            {
                 return Start::Blocked(out);
             }
             if let OutKind::Request(id) = out.kind {
@@ -267,11 +268,18 @@ impl Sched<'_> {
             }
             return true;
         }
-        let Some(out) = q.pop_front() else { return false };
+        let Some(out) = q.pop_front() else {
+            return false;
+        };
         match self.start(out) {
             Start::Done => true,
             Start::Started(a) => {
-                self.b.streams.push_back(Stream { channel, response: resp, active: Some(a), waiting: VecDeque::new() });
+                self.b.streams.push_back(Stream {
+                    channel,
+                    response: resp,
+                    active: Some(a),
+                    waiting: VecDeque::new(),
+                });
                 true
             }
             Start::Blocked(o) => {
@@ -289,7 +297,9 @@ impl Sched<'_> {
             if self.buf.len() >= budget {
                 break;
             }
-            let Some(mut s) = self.b.streams.pop_front() else { break };
+            let Some(mut s) = self.b.streams.pop_front() else {
+                break;
+            };
             if let Some(mut a) = s.active.take() {
                 progress = true;
                 if !self.fragment(&mut a) {
@@ -297,7 +307,9 @@ impl Sched<'_> {
                 }
             }
             while s.active.is_none() {
-                let Some(next) = s.waiting.pop_front() else { break };
+                let Some(next) = s.waiting.pop_front() else {
+                    break;
+                };
                 match self.start(next) {
                     Start::Done => progress = true,
                     Start::Started(a) => {
@@ -328,7 +340,9 @@ impl Session {
             _ => return Err(SendError::Closed),
         }
         let len = body.len() as u64;
-        if len > self.config.message_bytes_max as u64 || (self.peer.known && len > self.peer.message_bytes_max) {
+        if len > self.config.message_bytes_max as u64
+            || (self.peer.known && len > self.peer.message_bytes_max)
+        {
             return Err(SendError::TooLarge);
         }
         if self.tx.queued_msgs >= self.config.send_queue_msgs_max
@@ -364,7 +378,12 @@ impl Session {
     }
 
     /// Queue a request (client).
-    pub(crate) fn call(&mut self, channel: u16, body: Bytes, deadline: Option<Instant>) -> Result<ReqId, SendError> {
+    pub(crate) fn call(
+        &mut self,
+        channel: u16,
+        body: Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<ReqId, SendError> {
         if let Err(e) = self.check_send(&body, false) {
             return Err(e(body));
         }
@@ -389,7 +408,9 @@ impl Session {
         if let Err(e) = self.check_send(&body, true) {
             return Err(e(body));
         }
-        let Some(channel) = self.bufs().open.answer(req.0) else { return Ok(false) };
+        let Some(channel) = self.bufs().open.answer(req.0) else {
+            return Ok(false);
+        };
         self.enqueue(Outgoing { kind: OutKind::Response(req.0), channel, body }, true);
         Ok(true)
     }
@@ -443,7 +464,9 @@ impl Session {
         }
         self.tx.peer_consumed_msgs = msgs;
         self.tx.peer_consumed_bytes = self.tx.peer_consumed_bytes.max(bytes);
-        let Some(b) = self.bufs.as_deref_mut() else { return Ok(()) };
+        let Some(b) = self.bufs.as_deref_mut() else {
+            return Ok(());
+        };
         while let Some(&(idx, id)) = b.receipts.front() {
             if idx >= msgs {
                 break;
@@ -457,7 +480,9 @@ impl Session {
 
     /// Retransmissions first, then new frames, up to `transmit_bytes_max`.
     pub(crate) fn transmit_data(&mut self, _now: Instant, buf: &mut TransmitBuf) {
-        let Some(mut b) = self.bufs.take() else { return };
+        let Some(mut b) = self.bufs.take() else {
+            return;
+        };
         let budget = buf.len() + self.config.transmit_bytes_max as usize;
         while self.link.xmit_seq < self.tx.next_seq && buf.len() < budget {
             let i = (self.link.xmit_seq - self.tx.log_base) as usize;

@@ -115,11 +115,7 @@ pub fn decode_frame(h: Header, body: &[u8]) -> Result<Frame<'_>, CloseCode> {
                     }
                     at = 8;
                     let id = u64_at(body, 0);
-                    if ty == FrameType::Request {
-                        DataKind::Request(id)
-                    } else {
-                        DataKind::Response(id)
-                    }
+                    if ty == FrameType::Request { DataKind::Request(id) } else { DataKind::Response(id) }
                 }
             };
             let total_len = if h.flags & FLAG_MORE != 0 {

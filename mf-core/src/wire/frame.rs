@@ -198,12 +198,42 @@ pub enum Frame<'a> {
 }
 
 impl Frame<'_> {
+    /// Append this frame's encoding (header and body) to `out`.
+    ///
+    /// ```
+    /// use mf_core::wire::{Decoder, Frame, TransmitBuf};
+    /// let f = Frame::Credit { msgs: 3, bytes: 300 };
+    /// let mut buf = TransmitBuf::new();
+    /// f.encode(&mut buf);
+    /// let mut bytes = Vec::new();
+    /// buf.copy_to_vec(&mut bytes);
+    /// let mut back = None;
+    /// Decoder::new(1024).decode(&bytes, |g| { back = Some(format!("{g:?}")); Ok(true) }).unwrap();
+    /// assert_eq!(back, Some(format!("{f:?}")));
+    /// ```
+    pub fn encode(&self, out: &mut TransmitBuf) {
+        match *self {
+            Frame::Hello(h) => encode::handshake(out, FrameType::Hello, &h),
+            Frame::Welcome(h) => encode::handshake(out, FrameType::Welcome, &h),
+            Frame::Close { code, detail } => encode::close(out, code, &String::from_utf8_lossy(detail)),
+            Frame::Ping(n) => encode::u64_frame(out, FrameType::Ping, n),
+            Frame::Pong(n) => encode::u64_frame(out, FrameType::Pong, n),
+            Frame::Ack(n) => encode::u64_frame(out, FrameType::Ack, n),
+            Frame::Credit { msgs, bytes } => encode::credit(out, msgs, bytes),
+            Frame::Data(d) => {
+                encode::data(out, d.kind, d.channel, d.total_len, &bytes::Bytes::copy_from_slice(d.payload))
+            }
+            Frame::Fragment { channel, response, last, payload } => {
+                encode::fragment(out, channel, response, last, &bytes::Bytes::copy_from_slice(payload))
+            }
+            Frame::Reject { req, code } => encode::reject(out, req, code),
+            Frame::Cancel { req } => encode::u64_frame(out, FrameType::Cancel, req),
+        }
+    }
+
     /// True for numbered, retransmitted frames.
     pub fn is_data(&self) -> bool {
-        matches!(
-            self,
-            Frame::Data(_) | Frame::Fragment { .. } | Frame::Reject { .. } | Frame::Cancel { .. }
-        )
+        matches!(self, Frame::Data(_) | Frame::Fragment { .. } | Frame::Reject { .. } | Frame::Cancel { .. })
     }
 }
 

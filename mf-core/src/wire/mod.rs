@@ -22,9 +22,9 @@ mod frame;
 mod transmit;
 
 pub use decode::{Decoder, decode_frame, peek_hello};
+pub(crate) use frame::encode;
 pub use frame::{Data, DataKind, Frame, FrameType, Handshake, Header};
 pub use transmit::TransmitBuf;
-pub(crate) use frame::encode;
 
 /// Protocol version spoken by this crate.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -136,7 +136,9 @@ impl TransmitBuf {
         assert!(n <= self.len, "advance past the end of the transmit buffer");
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.parts.front_mut() else { break };
+            let Some(front) = self.parts.front_mut() else {
+                break;
+            };
             match front {
                 Part::Inline(len) => {
                     let k = n.min(*len);
