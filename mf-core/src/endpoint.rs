@@ -420,7 +420,7 @@ impl Endpoint {
         match &mut c.state {
             ConnState::Closing(code) => {
                 if let Some(code) = code.take() {
-                    encode::close(buf, code, "");
+                    encode::close(buf, code, b"");
                 }
             }
             ConnState::Bound(idx) => {

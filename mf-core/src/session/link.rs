@@ -371,7 +371,7 @@ impl Session {
     pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut TransmitBuf) {
         let start = buf.len();
         if let Some(code) = self.link.close_frame.take() {
-            encode::close(buf, code, "");
+            encode::close(buf, code, b"");
         }
         if self.link.state == LinkState::Down || self.is_ended() {
             self.stats.wire_bytes_out += (buf.len() - start) as u64;

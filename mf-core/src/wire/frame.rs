@@ -215,7 +215,7 @@ impl Frame<'_> {
         match *self {
             Frame::Hello(h) => encode::handshake(out, FrameType::Hello, &h),
             Frame::Welcome(h) => encode::handshake(out, FrameType::Welcome, &h),
-            Frame::Close { code, detail } => encode::close(out, code, &String::from_utf8_lossy(detail)),
+            Frame::Close { code, detail } => encode::close(out, code, detail),
             Frame::Ping(n) => encode::u64_frame(out, FrameType::Ping, n),
             Frame::Pong(n) => encode::u64_frame(out, FrameType::Pong, n),
             Frame::Ack(n) => encode::u64_frame(out, FrameType::Ack, n),
@@ -271,8 +271,8 @@ pub(crate) mod encode {
         out.push_inline(&b);
     }
 
-    pub(crate) fn close(out: &mut TransmitBuf, code: CloseCode, detail: &str) {
-        let d = &detail.as_bytes()[..detail.len().min(CLOSE_DETAIL_MAX)];
+    pub(crate) fn close(out: &mut TransmitBuf, code: CloseCode, detail: &[u8]) {
+        let d = &detail[..detail.len().min(CLOSE_DETAIL_MAX)];
         header(out, FrameType::Close, 0, 0, 2 + d.len());
         out.push_inline(&code.to_u16().to_le_bytes());
         out.push_inline(d);
