@@ -23,8 +23,14 @@ use crate::wire::{EARLY_WINDOW_BYTES, EARLY_WINDOW_MSGS, FRAME_PAYLOAD_MAX};
 /// config.keepalive_interval_ms = 500;
 /// config.validate().unwrap();
 /// ```
+///
+/// Fields are public so struct-update syntax works:
+///
+/// ```
+/// let c = mf_core::Config { idle_timeout_ms: 30_000, ..Default::default() };
+/// assert!(c.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Config {
     /// Largest message body accepted or sent. Default 16 MiB.
     pub message_bytes_max: u32,

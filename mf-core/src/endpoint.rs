@@ -299,7 +299,14 @@ impl Endpoint {
         if self.shutting_down {
             return Err(CloseCode::Shutdown);
         }
-        let idx = if h.resume {
+        // A create for a token we hold is a retry by the same client whose
+        // first HELLO got through but whose WELCOME did not: allowed while
+        // the session has received no data (nothing can be delivered twice).
+        let retry = !h.resume
+            && self.by_token.get(&h.token).is_some_and(|&i| {
+                self.sessions[i as usize].session.as_ref().is_some_and(|s| s.rx.recv_seq == 0)
+            });
+        let idx = if h.resume || retry {
             let Some(&idx) = self.by_token.get(&h.token) else {
                 return Err(CloseCode::SessionUnknown);
             };

@@ -78,8 +78,18 @@ fn sample_frames() -> Vec<Vec<u8>> {
         encode(&[Frame::Welcome(h)]),
         encode(&[Frame::Close { code: CloseCode::IdleTimeout, detail: b"idle" }]),
         encode(&[Frame::Ping(1), Frame::Pong(2), Frame::Ack(3), Frame::Credit { msgs: 4, bytes: 5 }]),
-        encode(&[Frame::Data(Data { kind: DataKind::Message, channel: 3, total_len: None, payload: &payload })]),
-        encode(&[Frame::Data(Data { kind: DataKind::Request(77), channel: 1, total_len: None, payload: &payload })]),
+        encode(&[Frame::Data(Data {
+            kind: DataKind::Message,
+            channel: 3,
+            total_len: None,
+            payload: &payload,
+        })]),
+        encode(&[Frame::Data(Data {
+            kind: DataKind::Request(77),
+            channel: 1,
+            total_len: None,
+            payload: &payload,
+        })]),
         encode(&[
             Frame::Data(Data { kind: DataKind::Message, channel: 2, total_len: Some(80), payload: &payload }),
             Frame::Fragment { channel: 2, response: false, last: true, payload: &payload },

@@ -32,7 +32,9 @@ pub(crate) struct Link {
     pub(crate) ack_pending: bool,
     pub(crate) credit_pending: bool,
     pub(crate) ping_pending: bool,
-    pub(crate) pong: Option<u64>,
+    /// A PONG to send, echoing `pong_nonce`.
+    pub(crate) pong_pending: bool,
+    pub(crate) pong_nonce: u64,
     /// A CLOSE frame still to write on the connection being closed.
     pub(crate) close_frame: Option<CloseCode>,
     pub(crate) handshake_sent_at: Instant,
@@ -133,9 +135,9 @@ impl Session {
 
     fn apply_peer_params(&mut self, h: &Handshake) {
         self.peer = PeerParams {
-            window_msgs: h.window_msgs as u64,
-            window_bytes: h.window_bytes as u64,
-            message_bytes_max: h.message_bytes_max as u64,
+            window_msgs: h.window_msgs,
+            window_bytes: h.window_bytes,
+            message_bytes_max: h.message_bytes_max,
             reassembly_max: h.reassembly_max.max(1),
             requests_open_max: match self.role {
                 Role::Client => h.requests_open_max as u32,
@@ -169,6 +171,7 @@ impl Session {
         self.timers.stop(Timer::Handshake);
         self.timers.stop(Timer::SessionExpiry);
         self.backoff_attempt = 0;
+        self.welcomed = true;
         if h.resume {
             self.stats.resumes += 1;
         }
@@ -210,7 +213,10 @@ impl Session {
                 return Ok(false);
             }
             _ if awaiting => return Err(CloseCode::UnexpectedFrame),
-            Frame::Ping(n) => self.link.pong = Some(n),
+            Frame::Ping(n) => {
+                self.link.pong_pending = true;
+                self.link.pong_nonce = n;
+            }
             Frame::Pong(n) => {
                 if n <= now.as_micros() {
                     self.sample_rtt(now.as_micros() - n);
@@ -381,11 +387,12 @@ impl Session {
             self.link.handshake_pending = false;
             match self.role {
                 Role::Client => {
-                    // Once a HELLO has gone out the server may hold the
-                    // session, so every later connection resumes it.
-                    let resume = self.hello_sent;
+                    // Resume once the server has welcomed us, or once data
+                    // went out with an earlier HELLO: the server may hold
+                    // it, and a new session must never receive it twice.
+                    // Until then a retry may create the session afresh.
+                    let resume = self.welcomed || self.tx.next_seq > 0;
                     self.link.resumed = resume;
-                    self.hello_sent = true;
                     let h = self.own_handshake(resume);
                     encode::handshake(buf, FrameType::Hello, &h);
                 }
@@ -395,8 +402,9 @@ impl Session {
                 }
             }
         }
-        if let Some(n) = self.link.pong.take() {
-            encode::u64_frame(buf, FrameType::Pong, n);
+        if self.link.pong_pending {
+            self.link.pong_pending = false;
+            encode::u64_frame(buf, FrameType::Pong, self.link.pong_nonce);
         }
         if self.link.ping_pending {
             self.link.ping_pending = false;

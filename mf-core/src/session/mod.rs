@@ -144,9 +144,9 @@ pub(crate) enum Phase {
 /// What the peer told us in its handshake; early defaults until then.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PeerParams {
-    pub(crate) window_msgs: u64,
-    pub(crate) window_bytes: u64,
-    pub(crate) message_bytes_max: u64,
+    pub(crate) window_msgs: u32,
+    pub(crate) window_bytes: u32,
+    pub(crate) message_bytes_max: u32,
     pub(crate) reassembly_max: u16,
     pub(crate) requests_open_max: u32,
     pub(crate) known: bool,
@@ -155,9 +155,9 @@ pub(crate) struct PeerParams {
 impl PeerParams {
     fn early() -> Self {
         PeerParams {
-            window_msgs: EARLY_WINDOW_MSGS,
-            window_bytes: EARLY_WINDOW_BYTES,
-            message_bytes_max: EARLY_WINDOW_BYTES,
+            window_msgs: EARLY_WINDOW_MSGS as u32,
+            window_bytes: EARLY_WINDOW_BYTES as u32,
+            message_bytes_max: EARLY_WINDOW_BYTES as u32,
             reassembly_max: EARLY_REASSEMBLY,
             requests_open_max: EARLY_REQUESTS_OPEN,
             known: false,
@@ -262,14 +262,12 @@ pub struct Session {
     pub(crate) bufs: Option<Box<Bufs>>,
     pub(crate) timers: TimerTable,
     pub(crate) stats: Stats,
-    /// Client: a HELLO has gone out, so reconnects must resume.
-    pub(crate) hello_sent: bool,
+    /// Client: a WELCOME has been received at least once.
+    pub(crate) welcomed: bool,
     /// Client: failed connection attempts since the last WELCOME.
     pub(crate) backoff_attempt: u32,
     /// Seeded xorshift state for backoff jitter and hash keys.
     pub(crate) jitter: u64,
-    /// Key for the open-requests hash (server).
-    pub(crate) hash_key: u64,
     /// Test-only fault: process duplicate frames as new.
     pub(crate) dedup_disabled: bool,
 }
@@ -293,17 +291,26 @@ impl Session {
             bufs: None,
             timers: TimerTable::default(),
             stats: Stats::default(),
-            hello_sent: false,
+            welcomed: false,
             backoff_attempt: 0,
             jitter: seed | 1,
-            hash_key: seed.rotate_left(17) ^ 0x5bd1_e995,
             dedup_disabled,
         }
     }
 
     /// The lazily allocated buffers.
     pub(crate) fn bufs(&mut self) -> &mut Bufs {
-        let key = self.hash_key;
+        // Keyed by the session's secret token, so peers cannot aim collisions.
+        let key = u64::from_le_bytes([
+            self.token.0[0],
+            self.token.0[1],
+            self.token.0[2],
+            self.token.0[3],
+            self.token.0[4],
+            self.token.0[5],
+            self.token.0[6],
+            self.token.0[7],
+        ]) ^ 0x5bd1_e995;
         self.bufs.get_or_insert_with(|| {
             Box::new(Bufs { open: calls::OpenRequests::with_key(key), ..Default::default() })
         })

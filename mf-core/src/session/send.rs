@@ -169,7 +169,7 @@ impl Sched<'_> {
                 return Start::Done;
             }
         }
-        if self.peer.known && size as u64 > self.peer.message_bytes_max {
+        if self.peer.known && size as u64 > self.peer.message_bytes_max as u64 {
             self.drop_unsent(&out);
             let failure = Failure { reason: FailReason::TooLarge, fate: Fate::NotDelivered };
             match out.kind {
@@ -192,8 +192,13 @@ impl Sched<'_> {
         if out.kind.is_inbox() {
             let out_msgs = self.tx.admitted_msgs - self.tx.peer_consumed_msgs;
             let out_bytes = self.tx.admitted_bytes - self.tx.peer_consumed_bytes;
-            if !window_admits(out_msgs, out_bytes, size as u64, self.peer.window_msgs, self.peer.window_bytes)
-            {
+            if !window_admits(
+                out_msgs,
+                out_bytes,
+                size as u64,
+                self.peer.window_msgs as u64,
+                self.peer.window_bytes as u64,
+            ) {
                 return Start::Blocked(out);
             }
             if let OutKind::Request(id) = out.kind {
@@ -341,7 +346,7 @@ impl Session {
         }
         let len = body.len() as u64;
         if len > self.config.message_bytes_max as u64
-            || (self.peer.known && len > self.peer.message_bytes_max)
+            || (self.peer.known && len > self.peer.message_bytes_max as u64)
         {
             return Err(SendError::TooLarge);
         }

@@ -84,12 +84,18 @@ pub fn hello(token: Token) -> Vec<u8> {
 /// session's memory within its configured bounds, and must answer anything
 /// invalid by closing with a typed reason.
 pub fn endpoint(data: &[u8]) {
-    let mut config = Config::default();
-    config.window_bytes_max = 64 << 10;
-    config.message_bytes_max = 256 << 10;
-    config.requests_open_max = 32;
-    let bound =
-        config.window_bytes_max as usize + config.message_bytes_max as usize + 2 * FRAME_BODY_MAX + 64 << 10;
+    let config = Config {
+        window_bytes_max: 64 << 10,
+        message_bytes_max: 256 << 10,
+        requests_open_max: 32,
+        ..Config::default()
+    };
+    // Bodies in the window, one oversize message, a partial frame, and
+    // bookkeeping (queues of small records).
+    let bound = config.window_bytes_max as usize
+        + config.message_bytes_max as usize
+        + 2 * FRAME_BODY_MAX
+        + (64 << 10);
     let mut ep = Endpoint::new(config, seed_from_u64(0)).expect("valid config");
     let mut now = Instant::ZERO;
     let conn = ep.accept(now);

@@ -162,6 +162,11 @@ impl SimNet {
         &mut self.clients[i].client
     }
 
+    /// The server-side session of client `i`, if the server holds it.
+    pub fn session_of(&self, i: usize) -> Option<crate::SessionId> {
+        self.server.session_by_token(&self.clients[i].client.token())
+    }
+
     /// Number of clients.
     pub fn client_count(&self) -> usize {
         self.clients.len()

@@ -18,23 +18,24 @@ pub const SERVER_ORIGIN: u32 = 1 << 31;
 
 /// Protocol settings with fast timers, so faults heal within simulated seconds.
 pub fn fast_config() -> Config {
-    let mut c = Config::default();
-    c.keepalive_interval_ms = 100;
-    c.idle_timeout_ms = 400;
-    c.handshake_timeout_ms = 400;
-    c.reconnect_backoff_min_ms = 5;
-    c.reconnect_backoff_max_ms = 100;
-    c.resume_timeout_ms = 3_000;
-    c.session_linger_ms = 6_000;
-    c.close_timeout_ms = 1_000;
-    c.fragment_bytes = 1024;
-    c.window_msgs_max = 64;
-    c.window_bytes_max = 64 << 10;
-    c.send_queue_msgs_max = 256;
-    c.calls_in_flight_max = 64;
-    c.requests_open_max = 64;
-    c.reassembly_max = 4;
-    c
+    Config {
+        keepalive_interval_ms: 100,
+        idle_timeout_ms: 400,
+        handshake_timeout_ms: 400,
+        reconnect_backoff_min_ms: 5,
+        reconnect_backoff_max_ms: 100,
+        resume_timeout_ms: 3_000,
+        session_linger_ms: 6_000,
+        close_timeout_ms: 1_000,
+        fragment_bytes: 1024,
+        window_msgs_max: 64,
+        window_bytes_max: 64 << 10,
+        send_queue_msgs_max: 256,
+        calls_in_flight_max: 64,
+        requests_open_max: 64,
+        reassembly_max: 4,
+        ..Config::default()
+    }
 }
 
 /// What a random run does.

@@ -222,14 +222,11 @@ impl Decoder {
         let mut a = [0u8; HEADER_LEN];
         a.copy_from_slice(&b[..HEADER_LEN]);
         let h = Header::parse(&a);
+        if FrameType::from_u8(h.ty).is_none() {
+            return Err(CloseCode::UnknownFrameType);
+        }
         if h.len as usize > self.body_max {
-            return Err(if h.len as usize > FRAME_BODY_MAX {
-                CloseCode::FrameTooLarge
-            } else if FrameType::from_u8(h.ty).is_none() {
-                CloseCode::UnknownFrameType
-            } else {
-                CloseCode::FrameTooLarge
-            });
+            return Err(CloseCode::FrameTooLarge);
         }
         Ok(h)
     }
