@@ -1,0 +1,871 @@
+//! The blocking client: one session over a sequence of TCP connections.
+//!
+//! A [`Client`] is an `Arc` around one lock-protected state: the
+//! [`mf_core::Client`], the current socket, its transmit buffer, the
+//! completion slots of calls and receipts, and the lists of parked threads.
+//! Application threads do their own I/O: a `call` queues the request, runs
+//! the core's `poll_transmit` and writes the socket itself (one `writev`),
+//! so a request leaves without waking any other thread. One background I/O
+//! thread per client waits in a mio `Poll` for socket readiness, the core's
+//! timers and reconnects; it reads, feeds the core, and unparks exactly the
+//! threads whose call, receipt or inbox changed.
+
+use crate::config::{ClientConfig, TcpOptions, os_seed};
+use crate::error::Error;
+use crate::io::{IoStats, ReadOutcome, Wrote, connect_finished, read_once, start_connect, write_once};
+use crate::sync::{Mutex, MutexGuard, lock};
+use crate::waiters::{Slots, Until, WaitList, wait_until};
+use bytes::Bytes;
+use mf_core::{ClientState, CloseReason, Event, FailReason, Failure, Fate, Incoming, Instant, MsgId, ReqId};
+use mf_core::{SendError, Stats, TransmitBuf};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const WAKER: Token = Token(0);
+/// Bytes read per `read` call.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Reads per readiness event before yielding to timers and writers.
+const READS_PER_EVENT: usize = 16;
+/// Output gathered before a `writev`.
+const FLUSH_BYTES: usize = 1 << 20;
+/// Rounds of transmit/events per pump (each round drains everything ready;
+/// more rounds only happen while events keep producing output).
+const PUMP_ROUNDS_MAX: usize = 64;
+/// How late the I/O thread may run a timer: callers do not wake it for a
+/// deadline less than this before its planned wake-up. Also the interval at
+/// which it re-checks timers while traffic flows.
+const TIMER_SLACK_MS: u64 = 1;
+
+/// A message received from the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Its channel.
+    pub channel: u16,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// Counters of a client: the session's protocol counters and the driver's
+/// system calls.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// The protocol core's counters (messages, resumes, retransmissions, ...).
+    pub session: Stats,
+    /// System calls and bytes.
+    pub io: IoStats,
+    /// Why the last connection closed, if one did.
+    pub last_close: Option<CloseReason>,
+}
+
+struct Conn {
+    stream: mio::net::TcpStream,
+    token: Token,
+    /// Non-blocking connect in progress, to give up at this time.
+    connecting: Option<Instant>,
+    /// The last write would have blocked: wait for WRITABLE.
+    blocked: bool,
+}
+
+struct Env {
+    registry: mio::Registry,
+    waker: Waker,
+    addrs: Vec<SocketAddr>,
+    tcp: TcpOptions,
+    epoch: std::time::Instant,
+}
+
+impl Env {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+}
+
+struct State {
+    core: mf_core::Client,
+    conn: Option<Conn>,
+    next_token: usize,
+    next_addr: usize,
+    tx: TransmitBuf,
+    rbuf: Vec<u8>,
+    calls: Slots<ReqId, Result<Bytes, Failure>>,
+    receipts: Slots<MsgId, Result<(), Failure>>,
+    /// Threads in `recv`.
+    readers: WaitList,
+    /// Threads waiting for send-queue room.
+    senders: WaitList,
+    /// Threads in `close` (waiting for the end).
+    closers: WaitList,
+    ended: Option<CloseReason>,
+    /// `close` was called: refuse new work with `Closed`.
+    closing: bool,
+    /// When the I/O thread will wake by itself (`Instant::ZERO` while it is
+    /// awake and will recompute).
+    io_wake_at: Instant,
+    /// An application thread did something since the I/O thread last looked.
+    active: bool,
+    /// The last read filled the buffer: read again without waiting.
+    read_more: bool,
+    stats: IoStats,
+    last_close: Option<CloseReason>,
+}
+
+pub(crate) struct Shared {
+    st: Mutex<State>,
+    env: Env,
+    io_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Dropped with the last [`Client`] clone: starts a graceful close in the
+/// background (queued messages still drain, within `close_timeout_ms`).
+struct Handle {
+    sh: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut st = lock(&self.sh.st);
+        let now = self.sh.env.now();
+        st.closing = true;
+        st.core.close(now);
+        st.pump(&self.sh.env, now);
+        drop(st);
+        let _ = self.sh.env.waker.wake();
+    }
+}
+
+/// A blocking MessageFirst client. Cheap to clone; every clone is the same
+/// session, usable from many threads at once.
+///
+/// ```no_run
+/// use mf_driver_mio::{Client, ClientConfig};
+/// let client = Client::connect("127.0.0.1:7000", ClientConfig::default())?;
+/// let answer = client.call("2+2")?;            // blocks until the response
+/// client.send("fire and forget")?;              // blocks only while the queue is full
+/// let receipt = client.send("tell me when it lands")?;
+/// receipt.wait()?;                              // the server application took it
+/// client.close()?;
+/// # let _ = answer;
+/// # Ok::<(), mf_driver_mio::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    h: Arc<Handle>,
+}
+
+/// One channel of a client: the same operations, on channel `n`. Messages on
+/// one channel arrive in order; channels do not wait for each other.
+#[derive(Clone)]
+pub struct Channel {
+    client: Client,
+    channel: u16,
+}
+
+/// The outcome of one sent message, to wait for or poll (contract C4).
+/// Dropping it is fine: the message is still delivered.
+pub struct Receipt {
+    sh: Arc<Shared>,
+    id: MsgId,
+}
+
+impl Client {
+    /// Connect to `addr` (every resolved address is tried in turn, now and
+    /// on reconnects) and start a session. Returns once the TCP connection
+    /// is open; the handshake leaves with the first message.
+    pub fn connect(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, Error> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address")));
+        }
+        let seed = match config.seed {
+            Some(s) => s,
+            None => os_seed()?,
+        };
+        let core = mf_core::Client::new(config.protocol.clone(), seed)?;
+        let connect_timeout = Duration::from_millis(config.protocol.handshake_timeout_ms);
+        let poll = Poll::new()?;
+        let env = Env {
+            registry: poll.registry().try_clone()?,
+            waker: Waker::new(poll.registry(), WAKER)?,
+            addrs,
+            tcp: config.tcp,
+            epoch: std::time::Instant::now(),
+        };
+        // The first connection is made here, blocking, so a wrong address
+        // fails at once instead of after the resume timeout.
+        let (stream, next_addr) = first_connect(&env, connect_timeout)?;
+        let mut st = State {
+            core,
+            conn: None,
+            next_token: 1,
+            next_addr,
+            tx: TransmitBuf::new(),
+            rbuf: vec![0; READ_BUFFER_BYTES],
+            calls: Slots::new(),
+            receipts: Slots::new(),
+            readers: WaitList::default(),
+            senders: WaitList::default(),
+            closers: WaitList::default(),
+            ended: None,
+            closing: false,
+            io_wake_at: Instant::ZERO,
+            active: true,
+            read_more: false,
+            stats: IoStats::default(),
+            last_close: None,
+        };
+        let token = st.token();
+        let mut stream = stream;
+        env.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        st.conn = Some(Conn { stream, token, connecting: None, blocked: false });
+        st.stats.connections += 1;
+        // The HELLO is not written yet: it waits (up to the timer slack) for
+        // the first message, so both leave in one write.
+        st.core.connected(env.now());
+        let sh = Arc::new(Shared { st: Mutex::new(st), env, io_thread: std::sync::Mutex::new(None) });
+        let io_sh = sh.clone();
+        let t = std::thread::Builder::new()
+            .name("mf-client-io".into())
+            .stack_size(256 << 10)
+            .spawn(move || io_loop(io_sh, poll))?;
+        *sh.io_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        Ok(Client { h: Arc::new(Handle { sh }) })
+    }
+
+    fn sh(&self) -> &Arc<Shared> {
+        &self.h.sh
+    }
+
+    /// The same operations on channel `channel`.
+    pub fn channel(&self, channel: u16) -> Channel {
+        Channel { client: self.clone(), channel }
+    }
+
+    /// Call on channel 0 and wait for the response, however long it takes
+    /// (through reconnects; a lost session fails it).
+    pub fn call(&self, request: impl Into<Bytes>) -> Result<Bytes, Error> {
+        self.sh().call(0, request.into(), None)
+    }
+
+    /// Call on channel 0 with a deadline: `Error::Deadline` once `timeout` passes.
+    pub fn call_timeout(&self, request: impl Into<Bytes>, timeout: Duration) -> Result<Bytes, Error> {
+        self.sh().call(0, request.into(), Some(timeout))
+    }
+
+    /// Send on channel 0; blocks while the send queue is full.
+    pub fn send(&self, message: impl Into<Bytes>) -> Result<Receipt, Error> {
+        self.sh().send(0, message.into(), Until::Forever)
+    }
+
+    /// Send on channel 0, waiting at most `timeout` for queue room; the
+    /// message comes back in `Error::Full` if there was none.
+    pub fn send_timeout(&self, message: impl Into<Bytes>, timeout: Duration) -> Result<Receipt, Error> {
+        self.sh().send(0, message.into(), Until::after(Some(timeout)))
+    }
+
+    /// Send on channel 0 without waiting: `Error::Full` hands the message
+    /// back if the queue is full.
+    pub fn try_send(&self, message: impl Into<Bytes>) -> Result<Receipt, Error> {
+        self.sh().send(0, message.into(), Until::Now)
+    }
+
+    /// Take the next message from the server (any channel), waiting for one.
+    /// After the session ended, `Error::SessionLost` once the inbox is empty.
+    pub fn recv(&self) -> Result<Message, Error> {
+        self.sh().recv(Until::Forever)
+    }
+
+    /// As [`Client::recv`], giving up with `Error::Timeout` after `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, Error> {
+        self.sh().recv(Until::after(Some(timeout)))
+    }
+
+    /// Take a message if one is waiting: `Error::Empty` otherwise.
+    pub fn try_recv(&self) -> Result<Message, Error> {
+        match self.sh().recv(Until::Now) {
+            Err(Error::Timeout) => Err(Error::Empty),
+            r => r,
+        }
+    }
+
+    /// Close gracefully: no new work; wait until every sent message has its
+    /// receipt and every call its answer (at most `close_timeout_ms`), say
+    /// goodbye to the server, and stop the I/O thread. `Ok` if the session
+    /// ended by this close; `Error::SessionLost` if it had ended otherwise.
+    pub fn close(&self) -> Result<(), Error> {
+        self.sh().close()
+    }
+
+    /// Where the session stands: connected, reconnecting, or ended (and why).
+    pub fn state(&self) -> ClientState {
+        lock(&self.sh().st).core.state()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        let st = lock(&self.sh().st);
+        ClientStats { session: st.core.stats().clone(), io: st.stats, last_close: st.last_close }
+    }
+
+    /// Queue depths of the session (send queue, calls in flight, inbox, ...).
+    pub fn queues(&self) -> mf_core::Queues {
+        lock(&self.sh().st).core.queues()
+    }
+
+    /// Drop the current TCP connection as if the network had cut it (the
+    /// session resumes on a new one). For fault-injection tests and demos.
+    pub fn disconnect(&self) {
+        let sh = self.sh();
+        let mut st = lock(&sh.st);
+        let now = sh.env.now();
+        st.lose_conn(&sh.env, now);
+        st.pump(&sh.env, now);
+        st.wake_io_if_needed(&sh.env, now);
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("state", &self.state()).finish()
+    }
+}
+
+impl Channel {
+    /// This channel's number.
+    pub fn id(&self) -> u16 {
+        self.channel
+    }
+
+    /// As [`Client::call`], on this channel.
+    pub fn call(&self, request: impl Into<Bytes>) -> Result<Bytes, Error> {
+        self.client.sh().call(self.channel, request.into(), None)
+    }
+
+    /// As [`Client::call_timeout`], on this channel.
+    pub fn call_timeout(&self, request: impl Into<Bytes>, timeout: Duration) -> Result<Bytes, Error> {
+        self.client.sh().call(self.channel, request.into(), Some(timeout))
+    }
+
+    /// As [`Client::send`], on this channel.
+    pub fn send(&self, message: impl Into<Bytes>) -> Result<Receipt, Error> {
+        self.client.sh().send(self.channel, message.into(), Until::Forever)
+    }
+
+    /// As [`Client::send_timeout`], on this channel.
+    pub fn send_timeout(&self, message: impl Into<Bytes>, timeout: Duration) -> Result<Receipt, Error> {
+        self.client.sh().send(self.channel, message.into(), Until::after(Some(timeout)))
+    }
+
+    /// As [`Client::try_send`], on this channel.
+    pub fn try_send(&self, message: impl Into<Bytes>) -> Result<Receipt, Error> {
+        self.client.sh().send(self.channel, message.into(), Until::Now)
+    }
+}
+
+impl Receipt {
+    /// The message's id within the session.
+    pub fn id(&self) -> MsgId {
+        self.id
+    }
+
+    /// Wait until the server application has taken the message (`Ok`), or
+    /// the message failed (`Error::SessionLost` with its fate).
+    pub fn wait(self) -> Result<(), Error> {
+        self.wait_until(Until::Forever)
+    }
+
+    /// As [`Receipt::wait`], giving up with `Error::Timeout` after `timeout`
+    /// (the receipt may still come later).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.wait_until(Until::after(Some(timeout)))
+    }
+
+    /// The outcome if it is known: `Some(Ok(()))` once delivered,
+    /// `Some(Err(failure))` if it failed, `None` while in flight.
+    pub fn poll(&self) -> Option<Result<(), Failure>> {
+        let st = lock(&self.sh.st);
+        st.receipts.peek(self.id).copied()
+    }
+
+    fn wait_until(&self, until: Until) -> Result<(), Error> {
+        let sh = &self.sh;
+        let g = lock(&sh.st);
+        let (_g, r) = wait_until(
+            &sh.st,
+            g,
+            until,
+            |st| {
+                st.run_due_timers(&sh.env);
+                st.receipts.peek(self.id).copied()
+            },
+            |st, t| st.receipts.register(self.id, t),
+        );
+        match r {
+            None => Err(Error::Timeout),
+            Some(Ok(())) => Ok(()),
+            Some(Err(f)) => Err(Error::from_failure(f)),
+        }
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        lock(&self.sh.st).receipts.remove(self.id);
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt").field("id", &self.id).finish()
+    }
+}
+
+fn first_connect(env: &Env, timeout: Duration) -> Result<(mio::net::TcpStream, usize), Error> {
+    let mut last = None;
+    for (i, addr) in env.addrs.iter().enumerate() {
+        let s = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
+        env.tcp.apply(socket2::SockRef::from(&s))?;
+        match s.connect_timeout(&(*addr).into(), timeout) {
+            Ok(()) => {
+                s.set_nonblocking(true)?;
+                return Ok((mio::net::TcpStream::from_std(s.into()), i + 1));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Io(last.unwrap_or_else(|| std::io::Error::other("no address"))))
+}
+
+fn lost(reason: CloseReason, fate: Fate) -> Failure {
+    Failure { reason: FailReason::SessionLost(reason), fate }
+}
+
+impl Shared {
+    /// Wait for send-queue room while the core refuses with `Full`.
+    fn submit<T>(
+        &self,
+        mut body: Bytes,
+        until: Until,
+        mut op: impl FnMut(&mut State, Bytes) -> Result<T, SendError>,
+    ) -> Result<(MutexGuard<'_, State>, T), Error> {
+        let mut g = lock(&self.st);
+        loop {
+            if let Some(reason) = g.ended {
+                return Err(Error::SessionLost { reason, fate: Fate::NotDelivered, message: Some(body) });
+            }
+            if g.closing {
+                return Err(Error::Closed(body));
+            }
+            match op(&mut g, body) {
+                Ok(t) => return Ok((g, t)),
+                Err(SendError::Full(b)) => {
+                    body = b;
+                    let left = until.remaining();
+                    if left == Some(Duration::ZERO) {
+                        return Err(Error::Full(body));
+                    }
+                    g.senders.add(crate::sync::current());
+                    drop(g);
+                    crate::sync::park(left);
+                    g = lock(&self.st);
+                }
+                Err(e) => return Err(Error::from_send(e, g.ended)),
+            }
+        }
+    }
+
+    fn call(&self, channel: u16, body: Bytes, timeout: Option<Duration>) -> Result<Bytes, Error> {
+        let until = Until::after(timeout);
+        let deadline = timeout.map(|d| self.env.now() + d);
+        let (mut g, id) = self.submit(body, until, |st, b| st.core.call(channel, b, deadline))?;
+        g.calls.open(id);
+        let now = self.env.now();
+        g.active = true;
+        g.pump(&self.env, now);
+        g.wake_io_if_needed(&self.env, now);
+        let (mut g, r) = wait_until(
+            &self.st,
+            g,
+            Until::Forever,
+            |st| {
+                st.run_due_timers(&self.env);
+                st.calls.take(id)
+            },
+            |st, t| st.calls.register(id, t),
+        );
+        drop(g.calls.take(id));
+        drop(g);
+        match r {
+            Some(Ok(body)) => Ok(body),
+            Some(Err(f)) => Err(Error::from_failure(f)),
+            // Unreachable: the wait is unbounded and the session's end fills every slot.
+            None => Err(Error::Timeout),
+        }
+    }
+
+    fn send(self: &Arc<Self>, channel: u16, body: Bytes, until: Until) -> Result<Receipt, Error> {
+        let (mut g, id) = self.submit(body, until, |st, b| st.core.send(channel, b))?;
+        g.receipts.open(id);
+        let now = self.env.now();
+        g.active = true;
+        g.pump(&self.env, now);
+        g.wake_io_if_needed(&self.env, now);
+        drop(g);
+        // A receipt keeps the shared state alive, not the handle: a receipt
+        // alone does not keep the session open.
+        Ok(Receipt { sh: self.clone(), id })
+    }
+
+    fn recv(&self, until: Until) -> Result<Message, Error> {
+        let g = lock(&self.st);
+        let (_g, r) = wait_until(
+            &self.st,
+            g,
+            until,
+            |st| {
+                let now = self.env.now();
+                if let Some(m) = st.core.recv(now) {
+                    // Taking a message may release credit to the server.
+                    st.active = true;
+                    st.pump(&self.env, now);
+                    st.wake_io_if_needed(&self.env, now);
+                    let (channel, body) = match m {
+                        Incoming::Message { channel, body } | Incoming::Request { channel, body, .. } => {
+                            (channel, body)
+                        }
+                    };
+                    return Some(Ok(Message { channel, body }));
+                }
+                if let Some(reason) = st.ended {
+                    return Some(Err(Error::SessionLost { reason, fate: Fate::NotDelivered, message: None }));
+                }
+                st.run_due_timers(&self.env);
+                None
+            },
+            |st, t| st.readers.add(t),
+        );
+        r.unwrap_or(Err(Error::Timeout))
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        let mut g = lock(&self.st);
+        let now = self.env.now();
+        g.closing = true;
+        g.core.close(now);
+        g.pump(&self.env, now);
+        g.wake_io_if_needed(&self.env, now);
+        let close_ms = g.core.config().close_timeout_ms;
+        // The core ends the session within close_timeout_ms; the margin only
+        // guards against a driver bug turning into a hang.
+        let until = Until::after(Some(Duration::from_millis(close_ms.saturating_add(5_000))));
+        let (g, r) = wait_until(
+            &self.st,
+            g,
+            until,
+            |st| {
+                st.run_due_timers(&self.env);
+                st.ended
+            },
+            |st, t| st.closers.add(t),
+        );
+        drop(g);
+        let _ = self.env.waker.wake();
+        let t = self.io_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+        match r {
+            Some(reason) if reason.code == mf_core::CloseCode::Normal => Ok(()),
+            Some(reason) => Err(Error::SessionLost { reason, fate: Fate::Unknown, message: None }),
+            None => Err(Error::Timeout),
+        }
+    }
+}
+
+impl State {
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        t
+    }
+
+    /// The earliest time something must happen without socket input.
+    fn next_deadline(&self) -> Instant {
+        let mut d = self.core.poll_timeout().unwrap_or(Instant::NEVER);
+        if let Some(at) = self.conn.as_ref().and_then(|c| c.connecting) {
+            d = d.min(at);
+        }
+        d
+    }
+
+    /// Run the core's timers if any is due (any thread may; the I/O thread
+    /// is only the one that waits for them).
+    fn run_due_timers(&mut self, env: &Env) {
+        let now = env.now();
+        if self.next_deadline() <= now {
+            self.on_timers(env, now);
+            self.pump(env, now);
+        }
+    }
+
+    fn on_timers(&mut self, env: &Env, now: Instant) {
+        if self.conn.as_ref().and_then(|c| c.connecting).is_some_and(|at| at <= now) {
+            self.drop_conn(env);
+            self.core.connect_failed(now);
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+    }
+
+    /// After an application thread changed deadlines: wake the I/O thread
+    /// only if it would otherwise sleep through one (by more than the slack).
+    fn wake_io_if_needed(&mut self, env: &Env, now: Instant) {
+        let d = self.next_deadline();
+        let late = d.add_millis(TIMER_SLACK_MS) < self.io_wake_at;
+        if (late && self.io_wake_at != Instant::ZERO) || self.ended.is_some() {
+            self.io_wake_at = Instant::ZERO;
+            let _ = env.waker.wake();
+        }
+        let _ = now;
+    }
+
+    /// The driver loop contract: drain transmit, then events, until quiet.
+    fn pump(&mut self, env: &Env, now: Instant) {
+        for _ in 0..PUMP_ROUNDS_MAX {
+            self.transmit(env, now);
+            let mut n = 0;
+            while let Some(e) = self.core.poll_event() {
+                n += 1;
+                self.on_event(env, now, e);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        if !self.senders.is_empty() {
+            self.senders.wake_all();
+        }
+    }
+
+    /// Pull output from the core and write it, one `writev` per batch, until
+    /// the core has nothing more or the socket is full.
+    fn transmit(&mut self, env: &Env, now: Instant) {
+        for _ in 0..1024 {
+            let Some(c) = self.conn.as_mut() else { return };
+            if c.connecting.is_some() || c.blocked {
+                return;
+            }
+            while self.tx.len() < FLUSH_BYTES {
+                let before = self.tx.len();
+                self.core.poll_transmit(now, &mut self.tx);
+                if self.tx.len() == before {
+                    break;
+                }
+            }
+            if self.tx.is_empty() {
+                return;
+            }
+            match write_once(&c.stream, &mut self.tx, &mut self.stats) {
+                Ok(Wrote::Progress) => {}
+                Ok(Wrote::Blocked) => {
+                    c.blocked = true;
+                    return;
+                }
+                Err(_) => {
+                    self.lose_conn(env, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, env: &Env, now: Instant, e: Event) {
+        match e {
+            Event::Response { id, body } => self.calls.complete(id, Ok(body)),
+            Event::CallFailed { id, failure } => self.calls.complete(id, Err(failure)),
+            Event::Delivered(id) => self.receipts.complete(id, Ok(())),
+            Event::SendFailed { id, failure } => self.receipts.complete(id, Err(failure)),
+            Event::Readable => self.readers.wake_all(),
+            Event::ConnectionClosed { reason } => {
+                self.last_close = Some(reason);
+                // Say why (a CLOSE frame), best effort, then hang up.
+                if let Some(c) = self.conn.as_mut().filter(|c| c.connecting.is_none()) {
+                    self.core.poll_transmit(now, &mut self.tx);
+                    if !self.tx.is_empty() {
+                        let _ = write_once(&c.stream, &mut self.tx, &mut self.stats);
+                    }
+                }
+                self.drop_conn(env);
+                self.core.connection_lost(now);
+            }
+            Event::Reconnect => self.reconnect(env, now),
+            Event::SessionEnded { reason } => {
+                self.ended = Some(reason);
+                self.drop_conn(env);
+                // The core failed every pending item before this event; these
+                // only catch what a future core might not.
+                self.calls.complete_all(|| Err(lost(reason, Fate::Unknown)));
+                self.receipts.complete_all(|| Err(lost(reason, Fate::Unknown)));
+                self.readers.wake_all();
+                self.senders.wake_all();
+                self.closers.wake_all();
+                let _ = env.waker.wake();
+            }
+            _ => {}
+        }
+    }
+
+    fn reconnect(&mut self, env: &Env, now: Instant) {
+        self.drop_conn(env);
+        let addr = env.addrs[self.next_addr % env.addrs.len()];
+        self.next_addr = self.next_addr.wrapping_add(1);
+        let timeout_ms = self.core.config().handshake_timeout_ms;
+        let token = self.token();
+        let r = start_connect(addr, &env.tcp).and_then(|mut stream| {
+            env.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match r {
+            Ok(stream) => {
+                self.stats.connections += 1;
+                let at = now.add_millis(timeout_ms);
+                self.conn = Some(Conn { stream, token, connecting: Some(at), blocked: false });
+            }
+            Err(_) => self.core.connect_failed(now),
+        }
+    }
+
+    /// Close the socket and forget its unsent bytes (the core resends what
+    /// matters after the next connect).
+    fn drop_conn(&mut self, env: &Env) {
+        if let Some(mut c) = self.conn.take() {
+            let _ = env.registry.deregister(&mut c.stream);
+        }
+        self.tx.clear();
+        self.read_more = false;
+    }
+
+    /// The transport failed under us (EOF, reset, write error).
+    fn lose_conn(&mut self, env: &Env, now: Instant) {
+        let connecting = self.conn.as_ref().is_some_and(|c| c.connecting.is_some());
+        let had = self.conn.is_some();
+        self.drop_conn(env);
+        if connecting {
+            self.core.connect_failed(now);
+        } else if had {
+            self.core.connection_lost(now);
+        }
+    }
+
+    /// Readiness of the current socket.
+    fn on_socket(&mut self, env: &Env, now: Instant, readable: bool, writable: bool) {
+        let Some(c) = self.conn.as_mut() else { return };
+        if c.connecting.is_some() {
+            match connect_finished(&c.stream) {
+                Ok(true) => {
+                    c.connecting = None;
+                    self.core.connected(now);
+                }
+                Ok(false) => return,
+                Err(_) => {
+                    self.drop_conn(env);
+                    self.core.connect_failed(now);
+                    return;
+                }
+            }
+        }
+        if writable {
+            if let Some(c) = self.conn.as_mut() {
+                c.blocked = false;
+            }
+        }
+        if readable {
+            self.read_all(env, now);
+        }
+    }
+
+    fn read_all(&mut self, env: &Env, now: Instant) {
+        self.read_more = false;
+        for _ in 0..READS_PER_EVENT {
+            let Some(c) = self.conn.as_mut().filter(|c| c.connecting.is_none()) else { return };
+            match read_once(&c.stream, &mut self.rbuf, &mut self.stats) {
+                ReadOutcome::Data(n) => {
+                    self.core.handle_input(now, &self.rbuf[..n]);
+                    if n < self.rbuf.len() {
+                        return;
+                    }
+                }
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Closed => {
+                    self.lose_conn(env, now);
+                    return;
+                }
+            }
+        }
+        self.read_more = true;
+    }
+}
+
+/// The background thread: waits for readiness and timers, reads, runs the
+/// core's timers and reconnects. Exits once the session has ended.
+fn io_loop(sh: Arc<Shared>, mut poll: Poll) {
+    let mut events = Events::with_capacity(64);
+    let env = &sh.env;
+    loop {
+        let timeout = {
+            let mut st = lock(&sh.st);
+            if st.ended.is_some() {
+                return;
+            }
+            let now = env.now();
+            let mut d = st.next_deadline();
+            if st.read_more {
+                d = now;
+            }
+            if st.active {
+                // Traffic flows: look again soon (ack delay, the HELLO that
+                // waited for a first message) instead of being woken for it.
+                d = d.min(now.add_millis(TIMER_SLACK_MS));
+                st.active = false;
+            }
+            st.io_wake_at = d.max(now);
+            if d == Instant::NEVER { None } else { Some(d.saturating_since(now)) }
+        };
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                // The poller itself failed: nothing can wait for I/O any more.
+                let mut st = lock(&sh.st);
+                let now = env.now();
+                st.closing = true;
+                st.core.close(now);
+                st.pump(env, now);
+                std::thread::sleep(Duration::from_millis(TIMER_SLACK_MS));
+                continue;
+            }
+        }
+        let mut st = lock(&sh.st);
+        st.io_wake_at = Instant::ZERO;
+        st.stats.wakeups += 1;
+        let now = env.now();
+        let current = st.conn.as_ref().map(|c| c.token);
+        for ev in events.iter() {
+            if ev.token() == WAKER || Some(ev.token()) != current {
+                continue;
+            }
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+            st.on_socket(env, now, readable, writable);
+        }
+        if st.read_more {
+            st.read_all(env, now);
+        }
+        st.on_timers(env, now);
+        st.pump(env, now);
+    }
+}

@@ -1,0 +1,150 @@
+//! Driver settings: the protocol [`Config`] plus TCP socket options and
+//! thread counts.
+
+use mf_core::Config;
+use socket2::{SockRef, TcpKeepalive};
+use std::io;
+use std::time::Duration;
+
+/// TCP socket options, applied through socket2 to every socket the driver
+/// opens or accepts. The benchmark sweeps these.
+///
+/// ```
+/// let mut tcp = mf_driver_mio::TcpOptions::default();
+/// tcp.send_buffer_bytes = Some(1 << 20);
+/// tcp.keepalive_ms = Some(30_000);
+/// assert!(tcp.nodelay);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpOptions {
+    /// `TCP_NODELAY`: no Nagle delay for small messages. Default on.
+    pub nodelay: bool,
+    /// `TCP_QUICKACK` (Linux only; ignored elsewhere): set once on each new
+    /// socket, so the first acknowledgements are not delayed. Default off.
+    pub quickack: bool,
+    /// `SO_SNDBUF`; `None` keeps the kernel's default (and autotuning).
+    pub send_buffer_bytes: Option<usize>,
+    /// `SO_RCVBUF`; `None` keeps the kernel's default (and autotuning).
+    pub recv_buffer_bytes: Option<usize>,
+    /// TCP keep-alive idle time; `None` disables it. The protocol has its own
+    /// keep-alive (`keepalive_interval_ms`), so this is off by default.
+    pub keepalive_ms: Option<u64>,
+    /// `SO_LINGER`; `None` keeps the default (close returns at once).
+    pub linger_ms: Option<u64>,
+    /// `SO_REUSEPORT` on listeners (Unix): each server worker binds its own
+    /// listener to the same address. Default on; with it off the server runs
+    /// one worker.
+    pub reuseport: bool,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            nodelay: true,
+            quickack: false,
+            send_buffer_bytes: None,
+            recv_buffer_bytes: None,
+            keepalive_ms: None,
+            linger_ms: None,
+            reuseport: true,
+        }
+    }
+}
+
+impl TcpOptions {
+    /// Apply the per-connection options to a connected (or connecting) socket.
+    pub(crate) fn apply(&self, s: SockRef<'_>) -> io::Result<()> {
+        s.set_nodelay(self.nodelay)?;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if self.quickack {
+            s.set_quickack(true)?;
+        }
+        self.apply_buffers(&s)?;
+        if let Some(ms) = self.keepalive_ms {
+            s.set_tcp_keepalive(&TcpKeepalive::new().with_time(Duration::from_millis(ms)))?;
+        }
+        if let Some(ms) = self.linger_ms {
+            s.set_linger(Some(Duration::from_millis(ms)))?;
+        }
+        Ok(())
+    }
+
+    /// Buffer sizes (also set on listeners, so accepted sockets inherit them
+    /// before the handshake's window is negotiated).
+    pub(crate) fn apply_buffers(&self, s: &SockRef<'_>) -> io::Result<()> {
+        if let Some(n) = self.send_buffer_bytes {
+            s.set_send_buffer_size(n)?;
+        }
+        if let Some(n) = self.recv_buffer_bytes {
+            s.set_recv_buffer_size(n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a [`Client`](crate::Client).
+///
+/// ```
+/// let mut config = mf_driver_mio::ClientConfig::default();
+/// config.protocol.resume_timeout_ms = 10_000;
+/// config.tcp.nodelay = true;
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Protocol limits and timers.
+    pub protocol: Config,
+    /// Socket options.
+    pub tcp: TcpOptions,
+    /// Session seed; `None` (the default, and the only sane production
+    /// choice) draws it from the operating system. Tests set it to replay.
+    pub seed: Option<[u8; 32]>,
+}
+
+/// Settings of a [`Server`](crate::Server).
+///
+/// ```
+/// let mut config = mf_driver_mio::ServerConfig::default();
+/// config.workers = 2;
+/// config.protocol.sessions_max = 50_000;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Protocol limits and timers. `sessions_max` and `handshakes_max` are
+    /// server-wide: each worker gets an equal share (rounded up).
+    pub protocol: Config,
+    /// Socket options (listeners and accepted sockets).
+    pub tcp: TcpOptions,
+    /// Worker event loops; 0 (the default) means one per available core.
+    pub workers: usize,
+    /// Listen backlog of each worker's listener. Default 4096 (a burst of
+    /// connects overflows smaller queues).
+    pub backlog: u32,
+    /// Bytes each worker reads per `read` call. Default 256 KiB.
+    pub read_buffer_bytes: usize,
+    /// Seed of the server's generators; `None` (the default) draws it from
+    /// the operating system.
+    pub seed: Option<[u8; 32]>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            protocol: Config::default(),
+            tcp: TcpOptions::default(),
+            workers: 0,
+            backlog: 4096,
+            read_buffer_bytes: 256 << 10,
+            seed: None,
+        }
+    }
+}
+
+/// A seed from the operating system's generator.
+pub(crate) fn os_seed() -> io::Result<[u8; 32]> {
+    let mut s = [0u8; 32];
+    getrandom::fill(&mut s).map_err(|e| io::Error::other(format!("OS randomness unavailable: {e}")))?;
+    Ok(s)
+}

@@ -1,0 +1,958 @@
+//! The blocking server: worker event loops, one per core, each with its own
+//! `SO_REUSEPORT` listener, mio `Poll` and [`mf_core::Endpoint`].
+//!
+//! ## Resuming onto another worker
+//!
+//! The kernel spreads new connections across the workers' listeners by a
+//! hash of their addresses, so a client that reconnects usually lands on a
+//! different worker than the one holding its session. Sessions never move;
+//! connections do:
+//!
+//! 1. every worker records `token -> worker` in a shared registry when a
+//!    session comes up (`ServerEvent::SessionUp`) and removes it when the
+//!    session ends;
+//! 2. a new connection is read only up to the end of its first frame (the
+//!    80-byte HELLO) and routed with [`mf_core::wire::peek_hello`] before any
+//!    endpoint sees it;
+//! 3. a HELLO that resumes a session owned by another worker is handed to
+//!    that worker, socket and bytes read so far, through the worker's
+//!    hand-off queue and its mio `Waker`; the owner feeds the bytes to its
+//!    endpoint as if it had read them itself. Anything else (a new session,
+//!    an unknown token, garbage) goes to the accepting worker's endpoint,
+//!    which answers or closes it with a typed reason.
+
+use crate::config::{ServerConfig, TcpOptions, os_seed};
+use crate::error::Error;
+use crate::io::{IoStats, ReadOutcome, Wrote, listen, read_once, write_once};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, lock};
+use crate::waiters::{Until, WaitList};
+use bytes::Bytes;
+use mf_core::wire::{HANDSHAKE_BODY_LEN, HEADER_LEN, peek_hello};
+use mf_core::{ConnId, Endpoint, Event, Incoming, Instant, MsgId, ReqId, ServerEvent, SessionId};
+use mf_core::{TransmitBuf, seed_from_u64};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::SockRef;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Bytes of a HELLO frame: read no further before routing a new connection.
+const HELLO_FRAME_BYTES: usize = HEADER_LEN + HANDSHAKE_BODY_LEN;
+/// Connections accepted per listener event before other work runs.
+const ACCEPTS_PER_EVENT: usize = 256;
+/// Reads per connection per readiness event.
+const READS_PER_EVENT: usize = 8;
+/// Output gathered for one connection before a `writev`.
+const FLUSH_BYTES: usize = 1 << 20;
+/// Inbound items handed to the handler per batch (responses to a batch
+/// leave together, one `writev` per connection).
+const HANDLER_BATCH_MAX: usize = 256;
+/// Connections waiting in one worker's hand-off queue.
+const HANDOFF_QUEUE_MAX: usize = 4096;
+/// Rounds of transmit/events per pump.
+const PUMP_ROUNDS_MAX: usize = 64;
+/// Timer slack, as in the client: application threads do not wake a worker
+/// for a deadline less than this before its planned wake-up.
+const TIMER_SLACK_MS: u64 = 1;
+/// After `accept` fails (out of file descriptors), wait this long.
+const ACCEPT_RETRY_MS: u64 = 10;
+/// Reject code sent when the handler gives no response to a request, or the
+/// response could not be queued.
+pub const REJECT_NO_RESPONSE: u16 = 0xfff0;
+
+/// A session held by a [`Server`]: which worker owns it, and its id there.
+/// Stays valid across the session's reconnects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionRef {
+    worker: u32,
+    id: SessionId,
+}
+
+/// A message or request a client sent, as the server application sees it.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    /// The session it came from (answer it, or send to it, through this).
+    pub session: SessionRef,
+    /// Its channel.
+    pub channel: u16,
+    /// Its body.
+    pub body: Bytes,
+    id: Option<ReqId>,
+}
+
+impl Inbound {
+    /// True for a request (it wants a response); false for a one-way message.
+    pub fn is_request(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// The request's id, for a request.
+    pub fn request_id(&self) -> Option<ReqId> {
+        self.id
+    }
+}
+
+/// What a [`Server::serve`] handler answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The response body (ignored for one-way messages).
+    Respond(Bytes),
+    /// Refuse the request: the call fails with `Error::Rejected(code)`.
+    Reject(u16),
+    /// Nothing (one-way messages). A request answered with nothing is
+    /// rejected with [`REJECT_NO_RESPONSE`], so no caller waits forever.
+    Nothing,
+}
+
+impl From<Bytes> for Reply {
+    fn from(b: Bytes) -> Reply {
+        Reply::Respond(b)
+    }
+}
+impl From<Vec<u8>> for Reply {
+    fn from(b: Vec<u8>) -> Reply {
+        Reply::Respond(b.into())
+    }
+}
+impl From<&'static str> for Reply {
+    fn from(b: &'static str) -> Reply {
+        Reply::Respond(b.into())
+    }
+}
+impl From<String> for Reply {
+    fn from(b: String) -> Reply {
+        Reply::Respond(b.into())
+    }
+}
+impl From<()> for Reply {
+    fn from(_: ()) -> Reply {
+        Reply::Nothing
+    }
+}
+impl<T: Into<Reply>> From<Option<T>> for Reply {
+    fn from(o: Option<T>) -> Reply {
+        o.map_or(Reply::Nothing, Into::into)
+    }
+}
+
+type Handler = Arc<dyn Fn(Inbound) -> Reply + Send + Sync>;
+
+/// Counters of a server, summed over its workers.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// System calls and bytes.
+    pub io: IoStats,
+    /// Sessions alive.
+    pub sessions: usize,
+    /// Connections open (handshaking, bound or closing).
+    pub connections: usize,
+    /// Connections handed to another worker to resume their session there.
+    pub handoffs: u64,
+    /// Connections closed, by close code.
+    pub closes: BTreeMap<u16, u64>,
+    /// Messages, requests and responses received whole, all sessions.
+    pub msgs_received: u64,
+    /// Messages accepted by `send` and responses queued, all sessions.
+    pub msgs_sent: u64,
+}
+
+struct ConnEntry {
+    stream: TcpStream,
+    conn: ConnId,
+    /// `Some` until the first frame has been read and routed.
+    hello: Option<Vec<u8>>,
+    /// Unsent bytes, kept only while the socket is full.
+    tx: TransmitBuf,
+    blocked: bool,
+    /// A write failed: report the connection lost at the next read pass.
+    failed: bool,
+}
+
+struct WorkerState {
+    ep: Endpoint,
+    listener: Option<TcpListener>,
+    conns: Vec<Option<ConnEntry>>,
+    free: Vec<usize>,
+    by_conn: HashMap<ConnId, usize>,
+    tokens: HashMap<SessionId, mf_core::Token>,
+    scratch: TransmitBuf,
+    rbuf: Vec<u8>,
+    /// Connections whose last read filled the buffer.
+    read_more: Vec<usize>,
+    accept_more: bool,
+    accept_retry_at: Instant,
+    wake_at: Instant,
+    stopping_at: Option<Instant>,
+    stats: IoStats,
+    handoffs: u64,
+    closes: BTreeMap<u16, u64>,
+    /// Counters of ended sessions, so totals survive them.
+    msgs_received_ended: u64,
+    msgs_sent_ended: u64,
+}
+
+struct Worker {
+    idx: usize,
+    st: Mutex<WorkerState>,
+    waker: Waker,
+    registry: mio::Registry,
+    handoff: std::sync::Mutex<Vec<(TcpStream, Vec<u8>)>>,
+}
+
+struct ServerShared {
+    workers: Vec<Arc<Worker>>,
+    /// Session token -> the worker that holds the session.
+    owners: std::sync::Mutex<HashMap<mf_core::Token, usize>>,
+    stopping: AtomicBool,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    local_addr: SocketAddr,
+    tcp: TcpOptions,
+    handler: OnceLock<Handler>,
+    /// Pull-API readers, and a counter bumped whenever an inbox fills.
+    pull: Mutex<WaitList>,
+    ready_gen: AtomicU64,
+    next_worker: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl ServerShared {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+}
+
+struct ServerHandle {
+    sh: Arc<ServerShared>,
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.sh.stop_and_join();
+    }
+}
+
+/// A blocking MessageFirst server. Cheap to clone; dropping the last clone
+/// shuts it down gracefully.
+///
+/// ```no_run
+/// use mf_driver_mio::{Server, ServerConfig};
+/// let server = Server::bind("127.0.0.1:7000", ServerConfig::default())?;
+/// // Echo every request; one-way messages get no reply.
+/// server.serve(|req| req.body)?; // returns after `shutdown`
+/// # Ok::<(), mf_driver_mio::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Server {
+    h: Arc<ServerHandle>,
+}
+
+impl Server {
+    /// Bind `addr` (port 0 picks one: see [`Server::local_addr`]) and start
+    /// the workers. Until [`Server::serve`] installs a handler, incoming
+    /// messages wait for the pull API ([`Server::recv`]).
+    pub fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> Result<Server, Error> {
+        config.protocol.validate()?;
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+        let n = match (config.tcp.reuseport, config.workers) {
+            (false, _) => 1,
+            (true, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (true, n) => n,
+        };
+        let mut protocol = config.protocol.clone();
+        protocol.sessions_max = config.protocol.sessions_max.div_ceil(n as u32);
+        protocol.handshakes_max = config.protocol.handshakes_max.div_ceil(n as u32);
+        let seed = match config.seed {
+            Some(s) => s,
+            None => os_seed()?,
+        };
+        let mut workers = Vec::with_capacity(n);
+        let mut polls = Vec::with_capacity(n);
+        let mut bound = addr;
+        for idx in 0..n {
+            let mut listener = listen(bound, &config.tcp, config.backlog)?;
+            if idx == 0 {
+                bound = listener.local_addr()?;
+            }
+            let poll = Poll::new()?;
+            poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+            let mut wseed = seed;
+            wseed[..8].copy_from_slice(&seed_from_u64(idx as u64)[..8]);
+            for (a, b) in wseed.iter_mut().zip(seed.iter()) {
+                *a ^= b.rotate_left(3);
+            }
+            let st = WorkerState {
+                ep: Endpoint::new(protocol.clone(), wseed)?,
+                listener: Some(listener),
+                conns: Vec::new(),
+                free: Vec::new(),
+                by_conn: HashMap::new(),
+                tokens: HashMap::new(),
+                scratch: TransmitBuf::new(),
+                rbuf: vec![0; config.read_buffer_bytes.max(HELLO_FRAME_BYTES)],
+                read_more: Vec::new(),
+                accept_more: false,
+                accept_retry_at: Instant::ZERO,
+                wake_at: Instant::ZERO,
+                stopping_at: None,
+                stats: IoStats::default(),
+                handoffs: 0,
+                closes: BTreeMap::new(),
+                msgs_received_ended: 0,
+                msgs_sent_ended: 0,
+            };
+            workers.push(Arc::new(Worker {
+                idx,
+                st: Mutex::new(st),
+                waker: Waker::new(poll.registry(), WAKER)?,
+                registry: poll.registry().try_clone()?,
+                handoff: std::sync::Mutex::new(Vec::new()),
+            }));
+            polls.push(poll);
+        }
+        let sh = Arc::new(ServerShared {
+            workers,
+            owners: std::sync::Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            threads: std::sync::Mutex::new(Vec::new()),
+            local_addr: bound,
+            tcp: config.tcp.clone(),
+            handler: OnceLock::new(),
+            pull: Mutex::new(WaitList::default()),
+            ready_gen: AtomicU64::new(0),
+            next_worker: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        });
+        for (idx, poll) in polls.into_iter().enumerate() {
+            let s = sh.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("mf-server-{idx}"))
+                .spawn(move || worker_loop(s, idx, poll))?;
+            sh.threads.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+        }
+        Ok(Server { h: Arc::new(ServerHandle { sh }) })
+    }
+
+    fn sh(&self) -> &Arc<ServerShared> {
+        &self.h.sh
+    }
+
+    /// The address the listeners are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.sh().local_addr
+    }
+
+    /// Worker event loops running.
+    pub fn workers(&self) -> usize {
+        self.sh().workers.len()
+    }
+
+    /// Run `handler` for every message and request, on the worker threads,
+    /// until [`Server::shutdown`] (from another thread or from the handler)
+    /// completes. For a request, the handler's [`Reply`] is the response.
+    /// The handler runs without any lock held, so it may use this server
+    /// (send to sessions, shut down).
+    pub fn serve<F, R>(&self, handler: F) -> Result<(), Error>
+    where
+        F: Fn(Inbound) -> R + Send + Sync + 'static,
+        R: Into<Reply>,
+    {
+        let h: Handler = Arc::new(move |i| handler(i).into());
+        if self.sh().handler.set(h).is_err() {
+            return Err(Error::Io(std::io::Error::other("serve called twice")));
+        }
+        for w in &self.sh().workers {
+            let _ = w.waker.wake();
+        }
+        self.sh().join();
+        Ok(())
+    }
+
+    /// Stop accepting, close every session gracefully (each drains within
+    /// `close_timeout_ms`: in-flight work finishes or fails explicitly), and
+    /// join the worker threads. Safe to call from a handler.
+    pub fn shutdown(&self) {
+        self.sh().stop_and_join();
+    }
+
+    /// Take the next message or request from any session, waiting for one.
+    pub fn recv(&self) -> Result<Inbound, Error> {
+        self.sh().recv(Until::Forever)
+    }
+
+    /// As [`Server::recv`], giving up with `Error::Timeout` after `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Inbound, Error> {
+        self.sh().recv(Until::after(Some(timeout)))
+    }
+
+    /// Take a message or request if one is waiting: `Error::Empty` otherwise.
+    pub fn try_recv(&self) -> Result<Inbound, Error> {
+        match self.sh().recv(Until::Now) {
+            Err(Error::Timeout) => Err(Error::Empty),
+            r => r,
+        }
+    }
+
+    /// Answer a request taken with `recv`. `Ok(false)` if it is no longer
+    /// open (the client cancelled it or the session ended).
+    pub fn respond(&self, request: &Inbound, body: impl Into<Bytes>) -> Result<bool, Error> {
+        let Some(id) = request.id else { return Ok(false) };
+        let body = body.into();
+        self.sh().with_worker(request.session, |st, now| {
+            st.ep.respond(now, request.session.id, id, body).map_err(|e| Error::from_send(e, None))
+        })
+    }
+
+    /// Refuse a request taken with `recv`: the call fails with
+    /// `Error::Rejected(code)`. False if it is no longer open.
+    pub fn reject(&self, request: &Inbound, code: u16) -> bool {
+        let Some(id) = request.id else { return false };
+        self.sh().with_worker(request.session, |st, now| st.ep.reject(now, request.session.id, id, code))
+    }
+
+    /// Send a one-way message to a session's client. Refused (message
+    /// returned) if its queue is full or the session is over.
+    pub fn send(&self, session: SessionRef, channel: u16, body: impl Into<Bytes>) -> Result<MsgId, Error> {
+        let body = body.into();
+        self.sh()
+            .with_worker(session, |st, now| st.ep.send(now, session.id, channel, body))
+            .map_err(|e| Error::from_send(e, None))
+    }
+
+    /// Close one session gracefully.
+    pub fn close_session(&self, session: SessionRef) {
+        self.sh().with_worker(session, |st, now| {
+            let _ = st.ep.close_session(now, session.id);
+        });
+    }
+
+    /// Queue depths of one session, if it is alive.
+    pub fn queues(&self, session: SessionRef) -> Option<mf_core::Queues> {
+        let w = self.sh().workers.get(session.worker as usize)?;
+        lock(&w.st).ep.queues(session.id)
+    }
+
+    /// Counters, summed over the workers.
+    pub fn stats(&self) -> ServerStats {
+        let mut s = ServerStats::default();
+        for w in &self.sh().workers {
+            let st = lock(&w.st);
+            s.io.add(&st.stats);
+            s.sessions += st.ep.session_count();
+            s.connections += st.ep.connection_count();
+            s.handoffs += st.handoffs;
+            for (k, v) in &st.closes {
+                *s.closes.entry(*k).or_default() += v;
+            }
+            s.msgs_received += st.msgs_received_ended;
+            s.msgs_sent += st.msgs_sent_ended;
+            for sid in st.tokens.keys() {
+                if let Some(x) = st.ep.stats(*sid) {
+                    s.msgs_received += x.msgs_received;
+                    s.msgs_sent += x.msgs_sent;
+                }
+            }
+        }
+        s
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local_addr", &self.local_addr()).finish()
+    }
+}
+
+impl ServerShared {
+    fn stop_and_join(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for w in &self.workers {
+            let _ = w.waker.wake();
+        }
+        lock(&self.pull).wake_all();
+        self.join();
+    }
+
+    fn join(&self) {
+        let me = std::thread::current().id();
+        loop {
+            let t = {
+                let mut ts = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+                let pos = ts.iter().position(|t| t.thread().id() != me);
+                pos.map(|p| ts.swap_remove(p))
+            };
+            match t {
+                Some(t) => {
+                    let _ = t.join();
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Run `f` on the worker owning `session`, then write what it queued
+    /// (from this thread: no hop) and re-arm the worker's timer if needed.
+    fn with_worker<R>(&self, session: SessionRef, f: impl FnOnce(&mut WorkerState, Instant) -> R) -> R {
+        let w = &self.workers[session.worker as usize];
+        let mut st = lock(&w.st);
+        let now = self.now();
+        let r = f(&mut st, now);
+        self.pump(w, &mut st, now);
+        let d = st.ep.poll_timeout().unwrap_or(Instant::NEVER);
+        if d.add_millis(TIMER_SLACK_MS) < st.wake_at && st.wake_at != Instant::ZERO {
+            st.wake_at = Instant::ZERO;
+            let _ = w.waker.wake();
+        }
+        r
+    }
+
+    fn recv(&self, until: Until) -> Result<Inbound, Error> {
+        let n = self.workers.len();
+        loop {
+            let generation = self.ready_gen.load(Ordering::Acquire);
+            let start = self.next_worker.fetch_add(1, Ordering::Relaxed) as usize;
+            for k in 0..n {
+                let w = &self.workers[(start + k) % n];
+                let mut st = lock(&w.st);
+                let now = self.now();
+                if let Some((sid, item)) = st.ep.recv(now) {
+                    // Taking it may release credit to the client.
+                    self.pump(w, &mut st, now);
+                    return Ok(inbound(w.idx, sid, item));
+                }
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(Error::Stopped);
+            }
+            let left = until.remaining();
+            if left == Some(Duration::ZERO) {
+                return Err(Error::Timeout);
+            }
+            let mut p = lock(&self.pull);
+            if self.ready_gen.load(Ordering::Acquire) != generation {
+                continue;
+            }
+            p.add(crate::sync::current());
+            drop(p);
+            crate::sync::park(left);
+        }
+    }
+
+    /// The driver loop contract for an endpoint: transmit for every dirty
+    /// connection, then events, until quiet.
+    fn pump(&self, w: &Worker, st: &mut WorkerState, now: Instant) {
+        for _ in 0..PUMP_ROUNDS_MAX {
+            while let Some(conn) = st.ep.poll_dirty() {
+                st.flush(conn, now);
+            }
+            let mut n = 0;
+            while let Some(e) = st.ep.poll_event() {
+                n += 1;
+                self.on_event(w, st, now, e);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn on_event(&self, w: &Worker, st: &mut WorkerState, now: Instant, e: ServerEvent) {
+        match e {
+            ServerEvent::SessionUp { session, token, .. } => {
+                st.tokens.insert(session, token);
+                self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(token, w.idx);
+            }
+            ServerEvent::CloseConnection { conn, reason } => {
+                *st.closes.entry(reason.code.to_u16()).or_default() += 1;
+                // Say why (the CLOSE frame), then hang up.
+                st.flush(conn, now);
+                st.close_conn(&w.registry, conn, now);
+            }
+            ServerEvent::Session { session, event } => match event {
+                Event::Readable => {
+                    if self.handler.get().is_none() {
+                        self.ready_gen.fetch_add(1, Ordering::Release);
+                        lock(&self.pull).wake_all();
+                    }
+                }
+                Event::SessionEnded { .. } => {
+                    if let Some(s) = st.ep.stats(session) {
+                        st.msgs_received_ended += s.msgs_received;
+                        st.msgs_sent_ended += s.msgs_sent;
+                    }
+                    if let Some(token) = st.tokens.remove(&session) {
+                        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+                        if owners.get(&token) == Some(&w.idx) {
+                            owners.remove(&token);
+                        }
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+fn inbound(worker: usize, sid: SessionId, item: Incoming) -> Inbound {
+    let session = SessionRef { worker: worker as u32, id: sid };
+    match item {
+        Incoming::Message { channel, body } => Inbound { session, channel, body, id: None },
+        Incoming::Request { id, channel, body } => Inbound { session, channel, body, id: Some(id) },
+    }
+}
+
+impl WorkerState {
+    fn slot(&self, conn: ConnId) -> Option<usize> {
+        self.by_conn.get(&conn).copied()
+    }
+
+    /// Write everything the endpoint has for `conn`, one `writev` per batch.
+    fn flush(&mut self, conn: ConnId, now: Instant) {
+        let Some(i) = self.slot(conn) else { return };
+        let Some(e) = self.conns[i].as_mut() else { return };
+        for _ in 0..1024 {
+            if e.blocked {
+                return;
+            }
+            // Bytes go through the worker's scratch buffer; a connection
+            // keeps its own only while its socket is full.
+            let use_own = !e.tx.is_empty();
+            let buf = if use_own { &mut e.tx } else { &mut self.scratch };
+            while buf.len() < FLUSH_BYTES {
+                let before = buf.len();
+                self.ep.poll_transmit(now, conn, buf);
+                if buf.len() == before {
+                    break;
+                }
+            }
+            if buf.is_empty() {
+                return;
+            }
+            match write_once(&e.stream, buf, &mut self.stats) {
+                Ok(Wrote::Progress) => {}
+                Ok(Wrote::Blocked) => {
+                    e.blocked = true;
+                    if !use_own {
+                        std::mem::swap(&mut e.tx, &mut self.scratch);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    self.scratch.clear();
+                    e.tx.clear();
+                    e.blocked = true;
+                    e.failed = true;
+                    // Reported as lost after the pump (the endpoint may still
+                    // name this connection in events being drained).
+                    self.read_more.push(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close_conn(&mut self, registry: &mio::Registry, conn: ConnId, now: Instant) {
+        if let Some(i) = self.by_conn.remove(&conn) {
+            if let Some(mut e) = self.conns[i].take() {
+                let _ = registry.deregister(&mut e.stream);
+                let _ = e.stream.shutdown(std::net::Shutdown::Write);
+                self.free.push(i);
+            }
+        }
+        self.ep.connection_lost(now, conn);
+    }
+
+    fn add_conn(&mut self, registry: &mio::Registry, mut stream: TcpStream, now: Instant) -> Option<usize> {
+        let i = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        if registry
+            .register(&mut stream, Token(FIRST_CONN + i), Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.free.push(i);
+            return None;
+        }
+        let conn = self.ep.accept(now);
+        self.by_conn.insert(conn, i);
+        self.conns[i] = Some(ConnEntry {
+            stream,
+            conn,
+            hello: Some(Vec::new()),
+            tx: TransmitBuf::new(),
+            blocked: false,
+            failed: false,
+        });
+        self.stats.connections += 1;
+        Some(i)
+    }
+}
+
+/// Read from connection slot `i` until drained (bounded), feeding the
+/// endpoint; route a new connection by its HELLO first.
+fn read_conn(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, now: Instant) {
+    for _ in 0..READS_PER_EVENT {
+        let WorkerState { conns, rbuf, stats, ep, .. } = &mut *st;
+        let Some(e) = conns.get_mut(i).and_then(|e| e.as_mut()) else { return };
+        if e.failed {
+            let conn = e.conn;
+            st.close_conn(&w.registry, conn, now);
+            return;
+        }
+        let want = match &e.hello {
+            Some(h) => HELLO_FRAME_BYTES - h.len(),
+            None => rbuf.len(),
+        };
+        match read_once(&e.stream, &mut rbuf[..want], stats) {
+            ReadOutcome::Data(n) => {
+                let conn = e.conn;
+                if let Some(h) = e.hello.as_mut() {
+                    h.extend_from_slice(&rbuf[..n]);
+                    match peek_hello(h) {
+                        Ok(None) => continue,
+                        Ok(Some(hello)) if hello.resume => {
+                            let owner = sh
+                                .owners
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(&hello.token)
+                                .copied();
+                            if let Some(owner) = owner.filter(|&o| o != w.idx) {
+                                hand_off(sh, w, st, i, owner, now);
+                                return;
+                            }
+                        }
+                        Ok(Some(_)) | Err(_) => {}
+                    }
+                    // Ours (or garbage, which our endpoint closes with a reason).
+                    let bytes = e.hello.take().unwrap_or_default();
+                    ep.handle_input(now, conn, &bytes);
+                    continue;
+                }
+                ep.handle_input(now, conn, &rbuf[..n]);
+                if n < want {
+                    return;
+                }
+            }
+            ReadOutcome::WouldBlock => return,
+            ReadOutcome::Closed => {
+                let conn = e.conn;
+                st.close_conn(&w.registry, conn, now);
+                return;
+            }
+        }
+    }
+    st.read_more.push(i);
+}
+
+/// Give connection slot `i` (its HELLO resumes a session `owner` holds) to
+/// the owner, with the bytes read so far.
+fn hand_off(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, owner: usize, now: Instant) {
+    let Some(mut e) = st.conns[i].take() else { return };
+    st.free.push(i);
+    st.by_conn.remove(&e.conn);
+    let _ = w.registry.deregister(&mut e.stream);
+    // Our endpoint forgets it: it never saw a byte of it.
+    st.ep.connection_lost(now, e.conn);
+    let target = &sh.workers[owner];
+    let mut q = target.handoff.lock().unwrap_or_else(|p| p.into_inner());
+    if q.len() < HANDOFF_QUEUE_MAX {
+        q.push((e.stream, e.hello.take().unwrap_or_default()));
+        st.handoffs += 1;
+        drop(q);
+        let _ = target.waker.wake();
+    }
+    // Otherwise the stream drops here: the client sees a reset and retries.
+}
+
+/// Adopt connections other workers handed over.
+fn adopt(sh: &ServerShared, w: &Worker, st: &mut WorkerState, now: Instant) {
+    let batch = std::mem::take(&mut *w.handoff.lock().unwrap_or_else(|p| p.into_inner()));
+    for (stream, bytes) in batch {
+        let Some(i) = st.add_conn(&w.registry, stream, now) else { continue };
+        let Some(e) = st.conns[i].as_mut() else { continue };
+        e.hello = None;
+        let conn = e.conn;
+        st.ep.handle_input(now, conn, &bytes);
+        // The readiness edge went to the other worker: read now.
+        read_conn(sh, w, st, i, now);
+    }
+}
+
+fn accept_all(sh: &ServerShared, w: &Worker, st: &mut WorkerState, now: Instant) {
+    st.accept_more = false;
+    for _ in 0..ACCEPTS_PER_EVENT {
+        let Some(l) = st.listener.as_ref() else { return };
+        match l.accept() {
+            Ok((stream, _)) => {
+                if sh.tcp.apply(SockRef::from(&stream)).is_err() {
+                    continue;
+                }
+                st.add_conn(&w.registry, stream, now);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(_) => {
+                // Out of descriptors (or memory): back off, keep serving.
+                st.accept_retry_at = now.add_millis(ACCEPT_RETRY_MS);
+                return;
+            }
+        }
+    }
+    st.accept_more = true;
+}
+
+/// Run the handler over what the endpoint has received, in batches, with
+/// the worker's lock released while it runs.
+fn run_handler<'a>(
+    sh: &ServerShared,
+    w: &'a Worker,
+    mut st: MutexGuard<'a, WorkerState>,
+    handler: &Handler,
+    batch: &mut Vec<Inbound>,
+    replies: &mut Vec<(SessionRef, Option<ReqId>, Reply)>,
+) -> MutexGuard<'a, WorkerState> {
+    for _ in 0..64 {
+        let now = sh.now();
+        while batch.len() < HANDLER_BATCH_MAX {
+            match st.ep.recv(now) {
+                Some((sid, item)) => batch.push(inbound(w.idx, sid, item)),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        drop(st);
+        for item in batch.drain(..) {
+            let (session, id) = (item.session, item.id);
+            let r = handler(item);
+            replies.push((session, id, r));
+        }
+        st = lock(&w.st);
+        let now = sh.now();
+        for (session, id, reply) in replies.drain(..) {
+            let Some(id) = id else { continue };
+            match reply {
+                Reply::Respond(body) => {
+                    if let Err(_refused) = st.ep.respond(now, session.id, id, body) {
+                        st.ep.reject(now, session.id, id, REJECT_NO_RESPONSE);
+                    }
+                }
+                Reply::Reject(code) => {
+                    st.ep.reject(now, session.id, id, code);
+                }
+                Reply::Nothing => {
+                    st.ep.reject(now, session.id, id, REJECT_NO_RESPONSE);
+                }
+            }
+        }
+        sh.pump(w, &mut st, now);
+    }
+    st
+}
+
+fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
+    let w = sh.workers[idx].clone();
+    let mut events = Events::with_capacity(1024);
+    let mut batch = Vec::new();
+    let mut replies = Vec::new();
+    loop {
+        let timeout = {
+            let mut st = lock(&w.st);
+            let now = sh.now();
+            if sh.stopping.load(Ordering::Acquire) && st.stopping_at.is_none() {
+                // Stop accepting; close every session gracefully.
+                if let Some(mut l) = st.listener.take() {
+                    let _ = w.registry.deregister(&mut l);
+                }
+                let close_ms = st.ep.config().close_timeout_ms;
+                st.stopping_at = Some(now.add_millis(close_ms.saturating_add(500)));
+                st.ep.shutdown(now);
+                sh.pump(&w, &mut st, now);
+            }
+            if let Some(at) = st.stopping_at {
+                if st.ep.is_shut_down() || now >= at {
+                    let conns: Vec<ConnId> = st.by_conn.keys().copied().collect();
+                    for c in conns {
+                        st.close_conn(&w.registry, c, now);
+                    }
+                    return;
+                }
+            }
+            let mut d = st.ep.poll_timeout().unwrap_or(Instant::NEVER);
+            if let Some(at) = st.stopping_at {
+                d = d.min(at);
+            }
+            if !st.read_more.is_empty() || st.accept_more {
+                d = now;
+            }
+            if st.accept_retry_at > now {
+                d = d.min(st.accept_retry_at);
+            }
+            st.wake_at = d.max(now);
+            if d == Instant::NEVER { None } else { Some(d.saturating_since(now)) }
+        };
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                std::thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS));
+            }
+            continue;
+        }
+        let mut st = lock(&w.st);
+        st.wake_at = Instant::ZERO;
+        st.stats.wakeups += 1;
+        let now = sh.now();
+        adopt(&sh, &w, &mut st, now);
+        let mut accept = st.accept_more || (st.accept_retry_at != Instant::ZERO && st.accept_retry_at <= now);
+        let retry: Vec<usize> = std::mem::take(&mut st.read_more);
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER => {}
+                LISTENER => accept = true,
+                Token(t) => {
+                    let i = t - FIRST_CONN;
+                    if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                        if let Some(e) = st.conns.get_mut(i).and_then(|e| e.as_mut()) {
+                            if e.blocked && !e.tx.is_empty() {
+                                e.blocked = false;
+                                let conn = e.conn;
+                                st.flush(conn, now);
+                            }
+                        }
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        read_conn(&sh, &w, &mut st, i, now);
+                    }
+                }
+            }
+        }
+        for i in retry {
+            read_conn(&sh, &w, &mut st, i, now);
+        }
+        if accept && st.accept_retry_at <= now {
+            st.accept_retry_at = Instant::ZERO;
+            accept_all(&sh, &w, &mut st, now);
+        }
+        if st.ep.poll_timeout().is_some_and(|t| t <= now) {
+            st.ep.handle_timeout(now);
+        }
+        sh.pump(&w, &mut st, now);
+        if let Some(h) = sh.handler.get() {
+            st = run_handler(&sh, &w, st, h, &mut batch, &mut replies);
+        }
+        drop(st);
+    }
+}
