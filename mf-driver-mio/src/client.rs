@@ -71,6 +71,8 @@ struct Conn {
 }
 
 struct Env {
+    /// See `ClientConfig::write_batch_us`.
+    batch_us: u64,
     registry: mio::Registry,
     waker: Waker,
     addrs: Vec<SocketAddr>,
@@ -111,6 +113,20 @@ struct State {
     read_more: bool,
     stats: IoStats,
     last_close: Option<CloseReason>,
+    /// When output was last written.
+    last_write_at: Instant,
+    /// Output is being held back for a batch; it must leave by this time.
+    flush_at: Option<Instant>,
+}
+
+/// Whether a pump writes the socket now or may hold output back briefly so
+/// that a burst of one-way messages leaves in one `writev` (P7).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Someone is about to wait for an answer: write now.
+    Now,
+    /// Write now only if nothing was written in the last `write_batch_us`.
+    Batch,
 }
 
 pub(crate) struct Shared {
@@ -131,7 +147,7 @@ impl Drop for Handle {
         let now = self.sh.env.now();
         st.closing = true;
         st.core.close(now);
-        st.pump(&self.sh.env, now);
+        st.pump(&self.sh.env, now, Flush::Now);
         drop(st);
         let _ = self.sh.env.waker.wake();
     }
@@ -164,6 +180,14 @@ pub struct Channel {
     channel: u16,
 }
 
+/// A call in flight, from [`Client::call_start`]: many can be outstanding
+/// from one thread (pipelining). Dropping it cancels the call.
+pub struct PendingCall {
+    sh: Arc<Shared>,
+    id: ReqId,
+    done: bool,
+}
+
 /// The outcome of one sent message, to wait for or poll (contract C4).
 /// Dropping it is fine: the message is still delivered.
 pub struct Receipt {
@@ -188,6 +212,7 @@ impl Client {
         let connect_timeout = Duration::from_millis(config.protocol.handshake_timeout_ms);
         let poll = Poll::new()?;
         let env = Env {
+            batch_us: config.write_batch_us,
             registry: poll.registry().try_clone()?,
             waker: Waker::new(poll.registry(), WAKER)?,
             addrs,
@@ -216,6 +241,8 @@ impl Client {
             read_more: false,
             stats: IoStats::default(),
             last_close: None,
+            last_write_at: Instant::ZERO,
+            flush_at: None,
         };
         let token = st.token();
         let mut stream = stream;
@@ -253,6 +280,27 @@ impl Client {
     /// Call on channel 0 with a deadline: `Error::Deadline` once `timeout` passes.
     pub fn call_timeout(&self, request: impl Into<Bytes>, timeout: Duration) -> Result<Bytes, Error> {
         self.sh().call(0, request.into(), Some(timeout))
+    }
+
+    /// Start a call on channel 0 without waiting for its response: many may
+    /// be outstanding at once, and their requests leave batched (one
+    /// `writev` for a burst). Blocks only while the calls in flight are at
+    /// their limit. `timeout` bounds the call from now on.
+    ///
+    /// ```no_run
+    /// # let client = mf_driver_mio::Client::connect("127.0.0.1:7000", Default::default())?;
+    /// let pending: Vec<_> = (0..256).map(|i| client.call_start(format!("get {i}"), None)).collect::<Result<_, _>>()?;
+    /// for p in pending {
+    ///     let _response = p.wait()?;
+    /// }
+    /// # Ok::<(), mf_driver_mio::Error>(())
+    /// ```
+    pub fn call_start(
+        &self,
+        request: impl Into<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall, Error> {
+        self.sh().call_start(0, request.into(), timeout)
     }
 
     /// Send on channel 0; blocks while the send queue is full.
@@ -322,7 +370,7 @@ impl Client {
         let mut st = lock(&sh.st);
         let now = sh.env.now();
         st.lose_conn(&sh.env, now);
-        st.pump(&sh.env, now);
+        st.pump(&sh.env, now, Flush::Now);
         st.wake_io_if_needed(&sh.env, now);
     }
 }
@@ -349,6 +397,15 @@ impl Channel {
         self.client.sh().call(self.channel, request.into(), Some(timeout))
     }
 
+    /// As [`Client::call_start`], on this channel.
+    pub fn call_start(
+        &self,
+        request: impl Into<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall, Error> {
+        self.client.sh().call_start(self.channel, request.into(), timeout)
+    }
+
     /// As [`Client::send`], on this channel.
     pub fn send(&self, message: impl Into<Bytes>) -> Result<Receipt, Error> {
         self.client.sh().send(self.channel, message.into(), Until::Forever)
@@ -362,6 +419,53 @@ impl Channel {
     /// As [`Client::try_send`], on this channel.
     pub fn try_send(&self, message: impl Into<Bytes>) -> Result<Receipt, Error> {
         self.client.sh().send(self.channel, message.into(), Until::Now)
+    }
+}
+
+impl PendingCall {
+    /// The call's id within the session.
+    pub fn id(&self) -> ReqId {
+        self.id
+    }
+
+    /// Wait for the response (or the call's failure).
+    pub fn wait(mut self) -> Result<Bytes, Error> {
+        self.sh.wait_call(self.id, Until::Forever, &mut self.done).unwrap_or(Err(Error::Timeout))
+    }
+
+    /// Wait at most `timeout`: `Error::Timeout` if the call is still in
+    /// flight (it goes on; wait again later).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Bytes, Error> {
+        self.sh.wait_call(self.id, Until::after(Some(timeout)), &mut self.done).unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The outcome if it has arrived, without waiting. Once taken, later
+    /// calls return `None`.
+    pub fn try_take(&mut self) -> Option<Result<Bytes, Error>> {
+        if self.done {
+            return None;
+        }
+        self.sh.wait_call(self.id, Until::Now, &mut self.done)
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut st = lock(&self.sh.st);
+            st.calls.remove(self.id);
+            if st.core.cancel(self.id) {
+                let now = self.sh.env.now();
+                st.pump(&self.sh.env, now, Flush::Batch);
+                st.wake_io_if_needed(&self.sh.env, now);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PendingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCall").field("id", &self.id).finish()
     }
 }
 
@@ -392,7 +496,8 @@ impl Receipt {
 
     fn wait_until(&self, until: Until) -> Result<(), Error> {
         let sh = &self.sh;
-        let g = lock(&sh.st);
+        let mut g = lock(&sh.st);
+        g.flush_held(&sh.env);
         let (_g, r) = wait_until(
             &sh.st,
             g,
@@ -467,6 +572,7 @@ impl Shared {
                     if left == Some(Duration::ZERO) {
                         return Err(Error::Full(body));
                     }
+                    g.flush_held(&self.env);
                     g.senders.add(crate::sync::current());
                     drop(g);
                     crate::sync::park(left);
@@ -477,33 +583,57 @@ impl Shared {
         }
     }
 
-    fn call(&self, channel: u16, body: Bytes, timeout: Option<Duration>) -> Result<Bytes, Error> {
-        let until = Until::after(timeout);
+    fn call(self: &Arc<Self>, channel: u16, body: Bytes, timeout: Option<Duration>) -> Result<Bytes, Error> {
+        let mut p = self.call_start_with(channel, body, timeout, Flush::Now)?;
+        self.wait_call(p.id, Until::Forever, &mut p.done).unwrap_or(Err(Error::Timeout))
+    }
+
+    fn call_start(
+        self: &Arc<Self>,
+        channel: u16,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<PendingCall, Error> {
+        self.call_start_with(channel, body, timeout, Flush::Batch)
+    }
+
+    fn call_start_with(
+        self: &Arc<Self>,
+        channel: u16,
+        body: Bytes,
+        timeout: Option<Duration>,
+        flush: Flush,
+    ) -> Result<PendingCall, Error> {
         let deadline = timeout.map(|d| self.env.now() + d);
-        let (mut g, id) = self.submit(body, until, |st, b| st.core.call(channel, b, deadline))?;
+        let (mut g, id) = self.submit(body, Until::Forever, |st, b| st.core.call(channel, b, deadline))?;
         g.calls.open(id);
         let now = self.env.now();
         g.active = true;
-        g.pump(&self.env, now);
+        g.pump(&self.env, now, flush);
         g.wake_io_if_needed(&self.env, now);
-        let (mut g, r) = wait_until(
+        Ok(PendingCall { sh: self.clone(), id, done: false })
+    }
+
+    /// Wait for call `id`'s outcome; `None` if `until` passed first.
+    fn wait_call(&self, id: ReqId, until: Until, done: &mut bool) -> Option<Result<Bytes, Error>> {
+        let mut g = lock(&self.st);
+        g.flush_held(&self.env);
+        let (_g, r) = wait_until(
             &self.st,
             g,
-            Until::Forever,
+            until,
             |st| {
                 st.run_due_timers(&self.env);
                 st.calls.take(id)
             },
             |st, t| st.calls.register(id, t),
         );
-        drop(g.calls.take(id));
-        drop(g);
-        match r {
-            Some(Ok(body)) => Ok(body),
-            Some(Err(f)) => Err(Error::from_failure(f)),
-            // Unreachable: the wait is unbounded and the session's end fills every slot.
-            None => Err(Error::Timeout),
-        }
+        let r = r?;
+        *done = true;
+        Some(match r {
+            Ok(body) => Ok(body),
+            Err(f) => Err(Error::from_failure(f)),
+        })
     }
 
     fn send(self: &Arc<Self>, channel: u16, body: Bytes, until: Until) -> Result<Receipt, Error> {
@@ -511,7 +641,7 @@ impl Shared {
         g.receipts.open(id);
         let now = self.env.now();
         g.active = true;
-        g.pump(&self.env, now);
+        g.pump(&self.env, now, Flush::Batch);
         g.wake_io_if_needed(&self.env, now);
         drop(g);
         // A receipt keeps the shared state alive, not the handle: a receipt
@@ -530,7 +660,7 @@ impl Shared {
                 if let Some(m) = st.core.recv(now) {
                     // Taking a message may release credit to the server.
                     st.active = true;
-                    st.pump(&self.env, now);
+                    st.pump(&self.env, now, Flush::Batch);
                     st.wake_io_if_needed(&self.env, now);
                     let (channel, body) = match m {
                         Incoming::Message { channel, body } | Incoming::Request { channel, body, .. } => {
@@ -555,7 +685,7 @@ impl Shared {
         let now = self.env.now();
         g.closing = true;
         g.core.close(now);
-        g.pump(&self.env, now);
+        g.pump(&self.env, now, Flush::Now);
         g.wake_io_if_needed(&self.env, now);
         let close_ms = g.core.config().close_timeout_ms;
         // The core ends the session within close_timeout_ms; the margin only
@@ -600,7 +730,18 @@ impl State {
         if let Some(at) = self.conn.as_ref().and_then(|c| c.connecting) {
             d = d.min(at);
         }
+        if let Some(at) = self.flush_at {
+            d = d.min(at);
+        }
         d
+    }
+
+    /// Write output held back for a batch (someone is about to wait).
+    fn flush_held(&mut self, env: &Env) {
+        if self.flush_at.take().is_some() {
+            let now = env.now();
+            self.pump(env, now, Flush::Now);
+        }
     }
 
     /// Run the core's timers if any is due (any thread may; the I/O thread
@@ -609,7 +750,7 @@ impl State {
         let now = env.now();
         if self.next_deadline() <= now {
             self.on_timers(env, now);
-            self.pump(env, now);
+            self.pump(env, now, Flush::Now);
         }
     }
 
@@ -627,7 +768,8 @@ impl State {
     /// only if it would otherwise sleep through one (by more than the slack).
     fn wake_io_if_needed(&mut self, env: &Env, now: Instant) {
         let d = self.next_deadline();
-        let late = d.add_millis(TIMER_SLACK_MS) < self.io_wake_at;
+        let late = d.add_millis(TIMER_SLACK_MS) < self.io_wake_at
+            || self.flush_at.is_some_and(|f| f < self.io_wake_at);
         if (late && self.io_wake_at != Instant::ZERO) || self.ended.is_some() {
             self.io_wake_at = Instant::ZERO;
             let _ = env.waker.wake();
@@ -636,9 +778,23 @@ impl State {
     }
 
     /// The driver loop contract: drain transmit, then events, until quiet.
-    fn pump(&mut self, env: &Env, now: Instant) {
+    fn pump(&mut self, env: &Env, now: Instant, flush: Flush) {
+        let hold = flush == Flush::Batch
+            && env.batch_us > 0
+            && now.saturating_since(self.last_write_at).as_micros() < env.batch_us as u128;
+        if hold {
+            // Written within the batch interval: leave the output for the
+            // flush already due (or schedule one), so a burst shares one writev.
+            if self.flush_at.is_none() {
+                self.flush_at = Some(self.last_write_at + Duration::from_micros(env.batch_us));
+            }
+        } else {
+            self.flush_at = None;
+        }
         for _ in 0..PUMP_ROUNDS_MAX {
-            self.transmit(env, now);
+            if !hold {
+                self.transmit(env, now);
+            }
             let mut n = 0;
             while let Some(e) = self.core.poll_event() {
                 n += 1;
@@ -671,6 +827,7 @@ impl State {
             if self.tx.is_empty() {
                 return;
             }
+            self.last_write_at = now;
             match write_once(&c.stream, &mut self.tx, &mut self.stats) {
                 Ok(Wrote::Progress) => {}
                 Ok(Wrote::Blocked) => {
@@ -844,7 +1001,7 @@ fn io_loop(sh: Arc<Shared>, mut poll: Poll) {
                 let now = env.now();
                 st.closing = true;
                 st.core.close(now);
-                st.pump(env, now);
+                st.pump(env, now, Flush::Now);
                 std::thread::sleep(Duration::from_millis(TIMER_SLACK_MS));
                 continue;
             }
@@ -866,6 +1023,7 @@ fn io_loop(sh: Arc<Shared>, mut poll: Poll) {
             st.read_all(env, now);
         }
         st.on_timers(env, now);
-        st.pump(env, now);
+        st.flush_at = None;
+        st.pump(env, now, Flush::Now);
     }
 }

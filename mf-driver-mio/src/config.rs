@@ -90,16 +90,34 @@ impl TcpOptions {
 /// config.protocol.resume_timeout_ms = 10_000;
 /// config.tcp.nodelay = true;
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ClientConfig {
     /// Protocol limits and timers.
     pub protocol: Config,
     /// Socket options.
     pub tcp: TcpOptions,
+    /// Write batching for one-way messages and `call_start`: output queued
+    /// within this many microseconds of the previous write is held back and
+    /// leaves together with what follows, in one `writev`, at most this much
+    /// later. Anything a thread waits on (`call`, `Receipt::wait`,
+    /// `PendingCall::wait`, `close`) is written at once. 0 writes every
+    /// message at once. Default 200.
+    pub write_batch_us: u64,
     /// Session seed; `None` (the default, and the only sane production
     /// choice) draws it from the operating system. Tests set it to replay.
     pub seed: Option<[u8; 32]>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            protocol: Config::default(),
+            tcp: TcpOptions::default(),
+            write_batch_us: 200,
+            seed: None,
+        }
+    }
 }
 
 /// Settings of a [`Server`](crate::Server).

@@ -16,7 +16,7 @@ mod server;
 mod sync;
 mod waiters;
 
-pub use client::{Channel, Client, ClientStats, Message, Receipt};
+pub use client::{Channel, Client, ClientStats, Message, PendingCall, Receipt};
 pub use config::{ClientConfig, ServerConfig, TcpOptions};
 pub use error::Error;
 pub use io::IoStats;
