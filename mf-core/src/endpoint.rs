@@ -476,19 +476,41 @@ impl Endpoint {
         while let Some(idx) = self.ready.pop_front() {
             let slot = &mut self.sessions[idx as usize];
             slot.in_ready = false;
-            let Some(s) = slot.session.as_mut() else {
-                continue;
-            };
-            if let Some(item) = s.recv(now) {
-                if s.inbox_len() > 0 {
+            let Some(s) = slot.session.as_mut() else { continue };
+            let item = s.recv(now);
+            let more = s.inbox_len() > 0;
+            // Taking a message changes little: maybe a credit to send soon
+            // (a timer) or at once (dirty). A full sync is only needed once
+            // the session has ended and may be freed.
+            let light = item.is_some() && !s.is_ended();
+            if light {
+                let deadline = s.poll_timeout().unwrap_or(Instant::NEVER);
+                if deadline < slot.heap_deadline {
+                    slot.heap_deadline = deadline;
+                    self.heap.push(Reverse((deadline, idx, slot.generation)));
+                }
+                let urgent = s.link.credit_pending;
+                let conn = slot.conn;
+                if more {
                     slot.in_ready = true;
                     self.ready.push_back(idx);
                 }
-                let sid = self.sid(idx);
+                if let Some(conn) = conn.filter(|_| urgent) {
+                    self.mark_dirty(conn);
+                }
+                if self.heap.len() > 2 * self.sessions.len() + 64 {
+                    self.compact_heap();
+                }
+            } else {
+                if more {
+                    slot.in_ready = true;
+                    self.ready.push_back(idx);
+                }
                 self.sync(idx);
-                return Some((sid, item));
             }
-            self.sync(idx);
+            if let Some(item) = item {
+                return Some((self.sid(idx), item));
+            }
         }
         None
     }

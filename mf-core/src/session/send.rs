@@ -218,20 +218,19 @@ impl Sched<'_> {
             OutKind::Request(r) => (FrameType::Request, r.0),
             OutKind::Response(r) => (FrameType::Response, r),
         };
-        let first = size.min(self.fragment_bytes);
-        self.emit(Sent {
-            ty,
-            flags: if fragmented { FLAG_MORE } else { 0 },
-            channel: out.channel,
-            id,
-            extra: size as u32,
-            payload: if fragmented { out.body.slice(..first) } else { out.body.clone() },
-        });
+        let kind = out.kind;
+        let channel = out.channel;
+        let flags = if fragmented { FLAG_MORE } else { 0 };
         if fragmented {
+            let first = self.fragment_bytes;
+            let payload = out.body.slice(..first);
+            self.emit(Sent { ty, flags, channel, id, extra: size as u32, payload });
             self.tx.fragmenting += 1;
             Start::Started(Active { out, offset: first })
         } else {
-            self.finish(out.kind, size);
+            // The body moves into the log: no reference-count traffic.
+            self.emit(Sent { ty, flags, channel, id, extra: size as u32, payload: out.body });
+            self.finish(kind, size);
             Start::Done
         }
     }

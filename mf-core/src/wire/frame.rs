@@ -303,15 +303,29 @@ pub(crate) mod encode {
             DataKind::Response(r) => (FrameType::Response, Some(r)),
         };
         let flags = if total_len.is_some() { FLAG_MORE } else { 0 };
-        let len = payload.len() + id.map_or(0, |_| 8) + total_len.map_or(0, |_| 4);
-        header(out, ty, flags, channel, len);
+        // Header and fixed fields in one stack buffer, one copy.
+        let mut h = [0u8; HEADER_LEN + 12];
+        let mut n = HEADER_LEN;
         if let Some(id) = id {
-            out.push_inline(&id.to_le_bytes());
+            h[n..n + 8].copy_from_slice(&id.to_le_bytes());
+            n += 8;
         }
         if let Some(t) = total_len {
-            out.push_inline(&t.to_le_bytes());
+            h[n..n + 4].copy_from_slice(&t.to_le_bytes());
+            n += 4;
         }
-        out.push_shared(payload);
+        let len = payload.len() + n - HEADER_LEN;
+        debug_assert!(len <= FRAME_BODY_MAX);
+        h[0] = ty as u8;
+        h[1] = flags;
+        h[2..4].copy_from_slice(&channel.to_le_bytes());
+        h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        if payload.len() < 256 {
+            out.push_inline2(&h[..n], payload);
+        } else {
+            out.push_inline(&h[..n]);
+            out.push_shared(payload);
+        }
     }
 
     pub(crate) fn fragment(

@@ -83,6 +83,25 @@ impl TransmitBuf {
         }
     }
 
+    /// Append copies of `a` then `b` (a small frame's header and body).
+    pub fn push_inline2(&mut self, a: &[u8], b: &[u8]) {
+        let n = a.len() + b.len();
+        if n == 0 {
+            return;
+        }
+        if self.inline_start > 4096 && self.inline_start * 2 > self.inline.len() {
+            self.inline.drain(..self.inline_start);
+            self.inline_start = 0;
+        }
+        self.inline.extend_from_slice(a);
+        self.inline.extend_from_slice(b);
+        self.len += n;
+        match self.parts.back_mut() {
+            Some(Part::Inline(k)) => *k += n,
+            _ => self.parts.push_back(Part::Inline(n)),
+        }
+    }
+
     /// Append `b`, by reference if it is large.
     pub fn push_shared(&mut self, b: &Bytes) {
         if b.len() < SHARED_MIN_BYTES {
