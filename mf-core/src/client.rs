@@ -190,7 +190,8 @@ impl Client {
         self.s.inbox_len()
     }
 
-    /// Bytes of core state held, struct and heap.
+    /// Bytes held: the session's state, queues and the message bodies it
+    /// keeps; never more than `Config::session_memory_bytes_max`.
     pub fn memory_bytes(&self) -> usize {
         self.s.memory_bytes()
     }

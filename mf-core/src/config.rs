@@ -128,6 +128,18 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The most memory one session may hold under these settings, in bytes
+    /// (what `Client::memory_bytes` and `Endpoint::session_memory_bytes`
+    /// report never exceeds it). Tests check it under random load.
+    ///
+    /// ```
+    /// let c = mf_core::Config::default();
+    /// assert!(c.session_memory_bytes_max() < 256 << 20);
+    /// ```
+    pub fn session_memory_bytes_max(&self) -> usize {
+        crate::session::Session::memory_bound(self)
+    }
+
     /// Check the settings against the protocol's minimums.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let e = |m| Err(ConfigError(m));

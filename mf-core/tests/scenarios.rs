@@ -40,3 +40,28 @@ fn same_seed_same_trace() {
     let c = scenario::run(43, &cfg).unwrap();
     assert_ne!(a.trace_hash, c.trace_hash);
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Random fault schedules: every message delivered exactly once and in
+        /// order per channel, every call answered once, every message one
+        /// outcome, memory within bounds. A failure prints the seed and the
+        /// replay call.
+        #[test]
+        fn random_fault_schedules(seed in any::<u64>(), clients in 1usize..5, fault_every in 5u64..80,
+                                  large_pct in 0u8..30, call_pct in 0u8..80) {
+            let cfg = ScenarioConfig {
+                clients, fault_every_steps: fault_every, large_pct, call_pct, ops_per_client: 60,
+                ..ScenarioConfig::default()
+            };
+            if let Err(e) = scenario::run(seed, &cfg) {
+                prop_assert!(false, "clients={clients} fault_every={fault_every} large_pct={large_pct} call_pct={call_pct}\n{e}");
+            }
+        }
+    }
+}

@@ -362,11 +362,13 @@ impl Session {
         self.bufs.as_deref().map_or(0, |b| b.inbox.len())
     }
 
-    /// Bytes of core state this session holds: the struct plus its heap.
+    /// Bytes this session holds: the struct, its queues, and the message
+    /// bodies it keeps (queued, unacknowledged, in reassembly, in the inbox).
+    /// Bodies shared between a queue and the log count twice: an upper bound.
     pub(crate) fn memory_bytes(&self) -> usize {
-        let mut n = std::mem::size_of::<Session>() + self.link.decoder.heap_bytes();
+        use std::mem::size_of;
+        let mut n = size_of::<Session>() + self.link.decoder.heap_bytes();
         if let Some(b) = &self.bufs {
-            use std::mem::size_of;
             n += size_of::<Bufs>()
                 + b.events.capacity() * size_of::<Event>()
                 + b.pending.capacity() * size_of::<Outgoing>()
@@ -377,8 +379,28 @@ impl Session {
                 + b.receipts.capacity() * size_of::<(u64, MsgId)>()
                 + b.inbox.capacity() * size_of::<Incoming>()
                 + b.reasm.capacity() * size_of::<Reassembly>();
+            n += self.tx.queued_bytes as usize;
+            n += b.log.iter().map(|s| s.payload_len()).sum::<usize>();
+            n += b.inbox.iter().map(|i| i.body().len()).sum::<usize>();
+            n += b.reasm.iter().map(|r| r.capacity()).sum::<usize>();
         }
         n
+    }
+
+    /// The most [`Session::memory_bytes`] may reach under `config` (see the
+    /// [`Config`] docs): send queue, the peer's window in the log, our window
+    /// plus one oversize message in the inbox and reassembly, a partial frame,
+    /// and per-message records.
+    pub(crate) fn memory_bound(config: &Config) -> usize {
+        let records = config.send_queue_msgs_max as usize
+            + 2 * config.window_msgs_max as usize
+            + config.calls_in_flight_max as usize
+            + config.requests_open_max as usize;
+        2 * config.send_queue_bytes_max as usize
+            + 2 * (config.window_bytes_max as usize + config.message_bytes_max as usize)
+            + crate::wire::FRAME_BODY_MAX
+            + records * 256
+            + 64 * 1024
     }
 
     /// Handle every due timer.

@@ -17,6 +17,12 @@ pub(crate) struct Reassembly {
     buf: BytesMut,
 }
 
+impl Reassembly {
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 impl Session {
     /// A new (not duplicate) data frame, in sequence.
     pub(crate) fn process_data(&mut self, now: Instant, f: Frame<'_>) -> Result<(), CloseCode> {

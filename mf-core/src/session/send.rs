@@ -69,6 +69,10 @@ impl Sent {
         Sent { ty: FrameType::Reject, flags: 0, channel: 0, id, extra: code as u32, payload: Bytes::new() }
     }
 
+    pub(crate) fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
     fn encode(&self, buf: &mut TransmitBuf) {
         let total = (self.flags & FLAG_MORE != 0).then_some(self.extra);
         match self.ty {

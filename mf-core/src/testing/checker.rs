@@ -167,6 +167,11 @@ impl Checker {
         }
     }
 
+    /// Record a memory-bound violation found by the harness.
+    pub fn violation_memory(&mut self, v: String) {
+        self.violation(v);
+    }
+
     /// Violations found so far.
     pub fn violations(&self) -> &[String] {
         &self.violations

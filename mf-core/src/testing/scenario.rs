@@ -402,12 +402,33 @@ impl Harness {
         }
     }
 
-    /// One network step, then events.
+    /// One network step, then events; every 16 steps, memory bounds.
     pub fn step(&mut self) -> bool {
         self.heal_due();
         let more = self.net.step();
         self.process_events();
+        if self.net.steps() % 16 == 0 {
+            self.check_memory();
+        }
         more
+    }
+
+    /// Every session, on both sides, within `Config::session_memory_bytes_max`.
+    pub fn check_memory(&mut self) {
+        let bound = self.protocol.session_memory_bytes_max();
+        for i in 0..self.apps.len() {
+            let m = self.net.client(i).memory_bytes();
+            if m > bound {
+                self.checker.violation_memory(format!("memory: client {i} holds {m} B > {bound} B"));
+            }
+            if let Some(sid) = self.net.session_of(i) {
+                let m = self.net.server.session_memory_bytes(sid).unwrap_or(0);
+                if m > bound {
+                    self.checker
+                        .violation_memory(format!("memory: server session of {i} holds {m} B > {bound} B"));
+                }
+            }
+        }
     }
 
     /// Heal, stop faults, and run (consuming everything) until every message
