@@ -11,7 +11,9 @@ use crate::clock::Clock;
 use crate::error::{CallError, ConnectError, ReceiptError};
 use crate::transport::{Connect, Stream};
 use bytes::Bytes;
-use mf_core::{ClientState, CloseReason, Config, Event, Failure, Incoming, MsgId, ReqId, SendError, TransmitBuf};
+use mf_core::{
+    ClientState, CloseReason, Config, Event, Failure, Incoming, MsgId, ReqId, SendError, TransmitBuf,
+};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -415,7 +417,12 @@ impl Client {
         Ok((id, rx))
     }
 
-    async fn call_inner(&self, channel: u16, mut body: Bytes, timeout: Option<Duration>) -> Result<Bytes, CallError> {
+    async fn call_inner(
+        &self,
+        channel: u16,
+        mut body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, CallError> {
         let (id, rx) = loop {
             let room = self.inner.room.notified();
             tokio::pin!(room);
@@ -706,10 +713,7 @@ fn dispatch(st: &mut State, e: Event, act: &mut Actions) {
 
 async fn drive<C: Connect>(inner: Arc<Inner>, connector: Arc<C>) {
     let _stopped = DriverGuard(inner.clone());
-    type Halves<C> = (
-        <<C as Connect>::Stream as Stream>::Read,
-        <<C as Connect>::Stream as Stream>::Write,
-    );
+    type Halves<C> = (<<C as Connect>::Stream as Stream>::Read, <<C as Connect>::Stream as Stream>::Write);
     let (handshake_ms, ..) = {
         let st = inner.lock();
         (st.core.config().handshake_timeout_ms,)

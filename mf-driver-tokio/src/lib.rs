@@ -62,6 +62,6 @@ pub use error::{CallError, ConnectError, ReceiptError};
 pub use server::{Handler, Message, Request, Server, ServerOptions};
 
 pub use mf_core::{
-    ClientState, CloseCode, CloseReason, Config, FailReason, Failure, Fate, Incoming, MsgId, ReqId, SendError,
-    SessionId,
+    ClientState, CloseCode, CloseReason, Config, FailReason, Failure, Fate, Incoming, MsgId, ReqId,
+    SendError, SessionId,
 };

@@ -368,7 +368,12 @@ impl Server {
 
     /// Send a one-way message to a session's client if there is room now
     /// (else the message comes back in [`SendError::Full`]).
-    pub fn try_send(&self, session: SessionId, channel: u16, body: impl Into<Bytes>) -> Result<Receipt, SendError> {
+    pub fn try_send(
+        &self,
+        session: SessionId,
+        channel: u16,
+        body: impl Into<Bytes>,
+    ) -> Result<Receipt, SendError> {
         let body = body.into();
         self.inner.with(|st, now| {
             let id = st.ep.send(now, session, channel, body)?;
@@ -381,7 +386,12 @@ impl Server {
     /// [`Server::try_send`] that waits while the session's send queue is full.
     ///
     /// Cancel safety: safe; if dropped, the message was not queued.
-    pub async fn send(&self, session: SessionId, channel: u16, body: impl Into<Bytes>) -> Result<Receipt, SendError> {
+    pub async fn send(
+        &self,
+        session: SessionId,
+        channel: u16,
+        body: impl Into<Bytes>,
+    ) -> Result<Receipt, SendError> {
         let mut body = body.into();
         loop {
             let room = self.inner.room.notified();
@@ -538,7 +548,8 @@ async fn accept_task<L: Listen>(inner: Arc<Inner>, mut listener: L) {
                 return Err(false);
             }
             let conn = st.ep.accept(now);
-            st.conns.insert(conn, ConnOut { buf: TransmitBuf::new(), notify: notify.clone(), closing: false });
+            st.conns
+                .insert(conn, ConnOut { buf: TransmitBuf::new(), notify: notify.clone(), closing: false });
             Ok(conn)
         });
         match conn {
