@@ -449,3 +449,30 @@ fn timers_are_armed_only_when_needed() {
     let t = c.poll_timeout().expect("handshake, keepalive and idle timers");
     assert!(t <= Instant::from_millis(fast_config().handshake_timeout_ms));
 }
+
+#[test]
+fn shutdown_lets_the_server_answer_what_it_took() {
+    let mut net = net(19);
+    let c = net.add_client(fast_config());
+    net.connect(c);
+    let call = net.client(c).call(0, "work", None).unwrap();
+    let got = drain_server(&mut net, 1);
+    let Incoming::Request { id, .. } = &got[0] else { panic!() };
+    let sid = net.session_of(c).unwrap();
+    let now = net.now();
+    net.server.shutdown(now);
+    // New connections are refused while it drains.
+    net.run_for(Duration::from_millis(5), 1000);
+    assert_eq!(net.server.session_count(), 1, "still draining: a request is open");
+    let now = net.now();
+    assert_eq!(net.server.respond(now, sid, *id, "done"), Ok(true));
+    let mut events = Vec::new();
+    net.run_until(STEPS, |net| {
+        events.extend(client_events(net, c));
+        events.iter().any(|e| matches!(e, Event::SessionEnded { .. }))
+    });
+    assert!(events.iter().any(|e| matches!(e, Event::Response { id, .. } if *id == call)), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::SessionEnded { reason } if reason.code == CloseCode::Shutdown && reason.by_peer)));
+    net.run_for(Duration::from_millis(50), 10_000);
+    assert!(net.server.is_shut_down(), "{:?}", net.server);
+}

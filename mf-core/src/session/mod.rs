@@ -427,6 +427,7 @@ impl Session {
             self.end(now, CloseReason { code, by_peer: false });
         }
         self.link_timers(now);
+        self.check_drained(now);
     }
 
     fn expire_calls(&mut self, now: Instant) {
@@ -460,12 +461,16 @@ impl Session {
         if self.phase != Phase::Closing {
             return;
         }
+        // A closing server also lets its application answer what it took.
+        let server = self.role == Role::Server;
         let drained = self.tx.queued_msgs == 0
             && self.bufs.as_deref().is_none_or(|b| {
                 b.receipts.is_empty()
                     && b.calls.is_empty()
                     && b.streams.is_empty()
                     && b.pending_resp.is_empty()
+                    && b.ctrl.is_empty()
+                    && (!server || (b.open.is_empty() && b.inbox.is_empty()))
             })
             && self.tx.acked_seq == self.tx.next_seq;
         if drained {

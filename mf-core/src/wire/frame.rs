@@ -303,27 +303,36 @@ pub(crate) mod encode {
             DataKind::Response(r) => (FrameType::Response, Some(r)),
         };
         let flags = if total_len.is_some() { FLAG_MORE } else { 0 };
-        // Header and fixed fields in one stack buffer, one copy.
-        let mut h = [0u8; HEADER_LEN + 12];
-        let mut n = HEADER_LEN;
-        if let Some(id) = id {
-            h[n..n + 8].copy_from_slice(&id.to_le_bytes());
-            n += 8;
-        }
-        if let Some(t) = total_len {
-            h[n..n + 4].copy_from_slice(&t.to_le_bytes());
-            n += 4;
-        }
-        let len = payload.len() + n - HEADER_LEN;
+        let prefix = id.map_or(0, |_| 8) + total_len.map_or(0, |_| 4);
+        let len = payload.len() + prefix;
         debug_assert!(len <= FRAME_BODY_MAX);
+        // Fixed-size pieces, so the copies compile to plain moves.
+        let mut h = [0u8; HEADER_LEN];
         h[0] = ty as u8;
         h[1] = flags;
         h[2..4].copy_from_slice(&channel.to_le_bytes());
         h[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+        if prefix == 0 && payload.len() < 256 {
+            out.push_inline2(&h, payload);
+            return;
+        }
+        let mut p = [0u8; 12];
+        let mut n = 0;
+        if let Some(id) = id {
+            p[..8].copy_from_slice(&id.to_le_bytes());
+            n = 8;
+        }
+        if let Some(t) = total_len {
+            p[n..n + 4].copy_from_slice(&t.to_le_bytes());
+            n += 4;
+        }
+        let mut hp = [0u8; HEADER_LEN + 12];
+        hp[..HEADER_LEN].copy_from_slice(&h);
+        hp[HEADER_LEN..].copy_from_slice(&p);
         if payload.len() < 256 {
-            out.push_inline2(&h[..n], payload);
+            out.push_inline2(&hp[..HEADER_LEN + n], payload);
         } else {
-            out.push_inline(&h[..n]);
+            out.push_inline(&hp[..HEADER_LEN + n]);
             out.push_shared(payload);
         }
     }

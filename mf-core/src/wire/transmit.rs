@@ -93,6 +93,7 @@ impl TransmitBuf {
             self.inline.drain(..self.inline_start);
             self.inline_start = 0;
         }
+        self.inline.reserve(n);
         self.inline.extend_from_slice(a);
         self.inline.extend_from_slice(b);
         self.len += n;
