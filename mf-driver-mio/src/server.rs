@@ -25,7 +25,7 @@ use crate::config::{ServerConfig, TcpOptions, os_seed};
 use crate::error::Error;
 use crate::io::{IoStats, ReadOutcome, Wrote, listen, read_once, write_once};
 use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, lock};
-use crate::waiters::{Until, WaitList};
+use crate::waiters::{ReadySignal, Until};
 use bytes::Bytes;
 use mf_core::wire::{HANDSHAKE_BODY_LEN, HEADER_LEN, peek_hello};
 use mf_core::{ConnId, Endpoint, Event, Incoming, Instant, MsgId, ReqId, ServerEvent, SessionId};
@@ -215,9 +215,8 @@ struct ServerShared {
     local_addr: SocketAddr,
     tcp: TcpOptions,
     handler: OnceLock<Handler>,
-    /// Pull-API readers, and a counter bumped whenever an inbox fills.
-    pull: Mutex<WaitList>,
-    ready_gen: AtomicU64,
+    /// Pull-API readers wait here for any worker's inbox to fill.
+    ready: ReadySignal,
     next_worker: AtomicU64,
     epoch: std::time::Instant,
 }
@@ -327,8 +326,7 @@ impl Server {
             local_addr: bound,
             tcp: config.tcp.clone(),
             handler: OnceLock::new(),
-            pull: Mutex::new(WaitList::default()),
-            ready_gen: AtomicU64::new(0),
+            ready: ReadySignal::default(),
             next_worker: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
         });
@@ -478,7 +476,7 @@ impl ServerShared {
         for w in &self.workers {
             let _ = w.waker.wake();
         }
-        lock(&self.pull).wake_all();
+        self.ready.wake_all();
         self.join();
     }
 
@@ -517,33 +515,23 @@ impl ServerShared {
 
     fn recv(&self, until: Until) -> Result<Inbound, Error> {
         let n = self.workers.len();
-        loop {
-            let generation = self.ready_gen.load(Ordering::Acquire);
+        let scan = || {
             let start = self.next_worker.fetch_add(1, Ordering::Relaxed) as usize;
-            for k in 0..n {
+            (0..n).find_map(|k| {
                 let w = &self.workers[(start + k) % n];
                 let mut st = lock(&w.st);
                 let now = self.now();
-                if let Some((sid, item)) = st.ep.recv(now) {
-                    // Taking it may release credit to the client.
-                    self.pump(w, &mut st, now);
-                    return Ok(inbound(w.idx, sid, item));
-                }
-            }
-            if self.stopping.load(Ordering::Acquire) {
-                return Err(Error::Stopped);
-            }
-            let left = until.remaining();
-            if left == Some(Duration::ZERO) {
-                return Err(Error::Timeout);
-            }
-            let mut p = lock(&self.pull);
-            if self.ready_gen.load(Ordering::Acquire) != generation {
-                continue;
-            }
-            p.add(crate::sync::current());
-            drop(p);
-            crate::sync::park(left);
+                let (sid, item) = st.ep.recv(now)?;
+                // Taking it may release credit to the client.
+                self.pump(w, &mut st, now);
+                Some(inbound(w.idx, sid, item))
+            })
+        };
+        let stopping = || self.stopping.load(Ordering::Acquire);
+        match self.ready.wait(until, scan, stopping) {
+            Some(i) => Ok(i),
+            None if stopping() => Err(Error::Stopped),
+            None => Err(Error::Timeout),
         }
     }
 
@@ -578,12 +566,7 @@ impl ServerShared {
                 st.close_conn(&w.registry, conn, now);
             }
             ServerEvent::Session { session, event } => match event {
-                Event::Readable => {
-                    if self.handler.get().is_none() {
-                        self.ready_gen.fetch_add(1, Ordering::Release);
-                        lock(&self.pull).wake_all();
-                    }
-                }
+                Event::Readable if self.handler.get().is_none() => self.ready.notify(),
                 Event::SessionEnded { .. } => {
                     if let Some(s) = st.ep.stats(session) {
                         st.msgs_received_ended += s.msgs_received;

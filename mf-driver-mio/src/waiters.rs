@@ -8,7 +8,7 @@
 //! so no wake-up is lost; a stale token only causes one more check.
 //! These are the structures the loom models in this module explore.
 
-use crate::sync::{Mutex, MutexGuard, Thread, current, lock, park};
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, Thread, current, lock, park};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -93,7 +93,7 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
         }
     }
 
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -178,6 +178,60 @@ pub(crate) fn wait_until<'a, S, R>(
     }
 }
 
+/// "Something became ready somewhere": producers that do not share the
+/// waiters' lock (the server's workers, each with its own lock) bump a
+/// generation and wake the parked readers; a reader that scanned every
+/// source and found nothing parks only if the generation has not moved
+/// since before its scan, so a readiness that lands mid-scan is never lost.
+#[derive(Debug, Default)]
+pub(crate) struct ReadySignal {
+    generation: AtomicU64,
+    parked: Mutex<WaitList>,
+}
+
+impl ReadySignal {
+    /// Producer side: something became ready.
+    pub(crate) fn notify(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+        lock(&self.parked).wake_all();
+    }
+
+    /// Wake every parked reader (shutdown).
+    pub(crate) fn wake_all(&self) {
+        self.notify();
+    }
+
+    /// Reader side: `scan` every source until it yields, `until` passes
+    /// (`None`), or `stop` says to give up (`None`).
+    pub(crate) fn wait<R>(
+        &self,
+        until: Until,
+        mut scan: impl FnMut() -> Option<R>,
+        stop: impl Fn() -> bool,
+    ) -> Option<R> {
+        loop {
+            let generation = self.generation.load(Ordering::Acquire);
+            if let Some(r) = scan() {
+                return Some(r);
+            }
+            if stop() {
+                return None;
+            }
+            let left = until.remaining();
+            if left == Some(Duration::ZERO) {
+                return None;
+            }
+            let mut p = lock(&self.parked);
+            if self.generation.load(Ordering::Acquire) != generation {
+                continue;
+            }
+            p.add(current());
+            drop(p);
+            park(left);
+        }
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
@@ -220,7 +274,7 @@ mod loom_tests {
                 })
             };
             let g = lock(&s);
-            let (mut g, r) =
+            let (g, r) =
                 wait_until(&s, g, Until::Forever, |st| st.calls.take(1), |st, t| st.calls.register(1, t));
             assert!(matches!(r, Some(Ok(7)) | Some(Err("session lost"))));
             assert_eq!(g.calls.len(), 0);
@@ -299,6 +353,47 @@ mod loom_tests {
             );
             assert!(r.is_some());
             drop(_g);
+            stopper.join().unwrap();
+        });
+    }
+
+    /// Two sources with their own locks (two server workers) and a reader
+    /// that scans both: an item pushed into either, at any point of the
+    /// scan, is found; the reader never parks past it.
+    #[test]
+    fn loom_ready_signal_never_loses_a_readiness() {
+        loom::model(|| {
+            let signal = Arc::new(ReadySignal::default());
+            let a = Arc::new(Mutex::new(Vec::<u32>::new()));
+            let b = Arc::new(Mutex::new(Vec::<u32>::new()));
+            let producer = {
+                let (signal, b) = (signal.clone(), b.clone());
+                thread::spawn(move || {
+                    lock(&b).push(1);
+                    signal.notify();
+                })
+            };
+            let got = signal.wait(Until::Forever, || lock(&a).pop().or_else(|| lock(&b).pop()), || false);
+            assert_eq!(got, Some(1));
+            producer.join().unwrap();
+        });
+    }
+
+    /// Shutdown wakes a parked reader that has nothing to read.
+    #[test]
+    fn loom_ready_signal_stop_wakes_reader() {
+        loom::model(|| {
+            let signal = Arc::new(ReadySignal::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let stopper = {
+                let (signal, stop) = (signal.clone(), stop.clone());
+                thread::spawn(move || {
+                    stop.store(true, Ordering::Release);
+                    signal.wake_all();
+                })
+            };
+            let got: Option<()> = signal.wait(Until::Forever, || None, || stop.load(Ordering::Acquire));
+            assert_eq!(got, None);
             stopper.join().unwrap();
         });
     }

@@ -12,7 +12,7 @@ fn raise_nofile(want: u64) {
     #[cfg(unix)]
     unsafe {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && (r.rlim_cur as u64) < want {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < want as libc::rlim_t {
             r.rlim_cur = (want as libc::rlim_t).min(r.rlim_max);
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
