@@ -68,11 +68,18 @@ struct Conn {
     connecting: Option<Instant>,
     /// The last write would have blocked: wait for WRITABLE.
     blocked: bool,
+    /// Registered in the leader's poller.
+    leader_registered: bool,
 }
 
 struct Env {
     /// See `ClientConfig::write_batch_us`.
     batch_us: u64,
+    /// See `ClientConfig::caller_reads`.
+    caller_reads: bool,
+    /// The leader's own poller (see [`LeaderPoll`]) and how to wake it.
+    leader_registry: mio::Registry,
+    leader_waker: Waker,
     registry: mio::Registry,
     waker: Waker,
     addrs: Vec<SocketAddr>,
@@ -117,6 +124,13 @@ struct State {
     last_write_at: Instant,
     /// Output is being held back for a batch; it must leave by this time.
     flush_at: Option<Instant>,
+    /// A caller is reading the socket itself (see [`LeaderPoll`]).
+    leading: bool,
+    /// The leader has been woken since it started waiting.
+    leader_kicked: bool,
+    /// The I/O thread's poller watches the socket for READABLE. Cleared
+    /// while callers lead; restored when nobody leads (see `io_loop`).
+    io_reads: bool,
 }
 
 /// Whether a pump writes the socket now or may hold output back briefly so
@@ -133,6 +147,18 @@ pub(crate) struct Shared {
     st: Mutex<State>,
     env: Env,
     io_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    leader: std::sync::Mutex<LeaderPoll>,
+}
+
+/// The caller that waits for a response reads the socket itself (it is the
+/// "leader"), so the response needs no wake-up hop through the I/O thread.
+/// The leader waits in this second poller, where the socket is registered
+/// for READABLE beside a waker; the I/O thread leaves reading to it while
+/// it leads. One leader at a time; other waiters park as usual and are
+/// unparked by whoever reads their response.
+struct LeaderPoll {
+    poll: Poll,
+    events: Events,
 }
 
 /// Dropped with the last [`Client`] clone: starts a graceful close in the
@@ -211,8 +237,12 @@ impl Client {
         let core = mf_core::Client::new(config.protocol.clone(), seed)?;
         let connect_timeout = Duration::from_millis(config.protocol.handshake_timeout_ms);
         let poll = Poll::new()?;
+        let leader_poll = Poll::new()?;
         let env = Env {
             batch_us: config.write_batch_us,
+            caller_reads: config.caller_reads && cfg!(unix),
+            leader_registry: leader_poll.registry().try_clone()?,
+            leader_waker: Waker::new(leader_poll.registry(), WAKER)?,
             registry: poll.registry().try_clone()?,
             waker: Waker::new(poll.registry(), WAKER)?,
             addrs,
@@ -243,16 +273,25 @@ impl Client {
             last_close: None,
             last_write_at: Instant::ZERO,
             flush_at: None,
+            leading: false,
+            leader_kicked: false,
+            io_reads: true,
         };
         let token = st.token();
         let mut stream = stream;
         env.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
-        st.conn = Some(Conn { stream, token, connecting: None, blocked: false });
+        st.conn = Some(Conn { stream, token, connecting: None, blocked: false, leader_registered: false });
         st.stats.connections += 1;
         // The HELLO is not written yet: it waits (up to the timer slack) for
         // the first message, so both leave in one write.
         st.core.connected(env.now());
-        let sh = Arc::new(Shared { st: Mutex::new(st), env, io_thread: std::sync::Mutex::new(None) });
+        st.register_leader(&env);
+        let sh = Arc::new(Shared {
+            st: Mutex::new(st),
+            env,
+            io_thread: std::sync::Mutex::new(None),
+            leader: std::sync::Mutex::new(LeaderPoll { poll: leader_poll, events: Events::with_capacity(4) }),
+        });
         let io_sh = sh.clone();
         let t = std::thread::Builder::new()
             .name("mf-client-io".into())
@@ -616,24 +655,66 @@ impl Shared {
 
     /// Wait for call `id`'s outcome; `None` if `until` passed first.
     fn wait_call(&self, id: ReqId, until: Until, done: &mut bool) -> Option<Result<Bytes, Error>> {
+        let env = &self.env;
         let mut g = lock(&self.st);
-        g.flush_held(&self.env);
-        let (_g, r) = wait_until(
-            &self.st,
-            g,
-            until,
-            |st| {
-                st.run_due_timers(&self.env);
-                st.calls.take(id)
-            },
-            |st, t| st.calls.register(id, t),
-        );
-        let r = r?;
-        *done = true;
-        Some(match r {
-            Ok(body) => Ok(body),
-            Err(f) => Err(Error::from_failure(f)),
-        })
+        g.flush_held(env);
+        loop {
+            g.run_due_timers(env);
+            if let Some(r) = g.calls.take(id) {
+                *done = true;
+                return Some(r.map_err(Error::from_failure));
+            }
+            let left = until.remaining();
+            if left == Some(Duration::ZERO) {
+                return None;
+            }
+            let conn = g.conn.as_ref().filter(|c| c.leader_registered && c.connecting.is_none());
+            if let Some(token) = conn.map(|c| c.token).filter(|_| env.caller_reads && !g.leading) {
+                // Lead: wait for the socket (or a deadline) ourselves.
+                g.leading = true;
+                g.leader_kicked = false;
+                g.set_io_reads(env, false);
+                let now = env.now();
+                let d = g.next_deadline();
+                let mut timeout = if d == Instant::NEVER { None } else { Some(d.saturating_since(now)) };
+                if let Some(l) = left {
+                    timeout = Some(timeout.map_or(l, |t| t.min(l)));
+                }
+                drop(g);
+                {
+                    let mut lp = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+                    let LeaderPoll { poll, events } = &mut *lp;
+                    // An error (EINTR) only means one more round.
+                    let _ = poll.poll(events, timeout);
+                }
+                g = lock(&self.st);
+                // Reading to the end under the lock, before giving up the
+                // lead, leaves nothing the I/O thread skipped meanwhile.
+                g.leading = false;
+                g.stats.leader_waits += 1;
+                let now = env.now();
+                if g.conn.as_ref().is_some_and(|c| c.token == token) {
+                    g.read_all(env, now);
+                    if g.read_more {
+                        let _ = env.waker.wake();
+                    }
+                }
+                g.pump(env, now, Flush::Now);
+                if g.calls.has_waiters() {
+                    // Others wait for responses: the I/O thread reads for them.
+                    g.set_io_reads(env, true);
+                } else if g.io_wake_at > now.add_millis(TIMER_SLACK_MS) {
+                    // It restores its reads at its next wake-up: make that soon.
+                    g.io_wake_at = Instant::ZERO;
+                    let _ = env.waker.wake();
+                }
+                continue;
+            }
+            g.calls.register(id, crate::sync::current());
+            drop(g);
+            crate::sync::park(left);
+            g = lock(&self.st);
+        }
     }
 
     fn send(self: &Arc<Self>, channel: u16, body: Bytes, until: Until) -> Result<Receipt, Error> {
@@ -892,17 +973,64 @@ impl State {
             Ok(stream) => {
                 self.stats.connections += 1;
                 let at = now.add_millis(timeout_ms);
-                self.conn = Some(Conn { stream, token, connecting: Some(at), blocked: false });
+                self.conn = Some(Conn {
+                    stream,
+                    token,
+                    connecting: Some(at),
+                    blocked: false,
+                    leader_registered: false,
+                });
             }
             Err(_) => self.core.connect_failed(now),
+        }
+    }
+
+    /// Let callers lead on the current (established) connection.
+    fn register_leader(&mut self, env: &Env) {
+        #[cfg(unix)]
+        if let Some(c) = self.conn.as_mut().filter(|c| env.caller_reads && !c.leader_registered) {
+            use std::os::fd::AsRawFd;
+            let fd = c.stream.as_raw_fd();
+            let r = env.leader_registry.register(&mut mio::unix::SourceFd(&fd), c.token, Interest::READABLE);
+            c.leader_registered = r.is_ok();
+        }
+        let _ = env;
+    }
+
+    /// Watch (or stop watching) the socket for READABLE in the I/O thread.
+    fn set_io_reads(&mut self, env: &Env, on: bool) {
+        if self.io_reads == on {
+            return;
+        }
+        let Some(c) = self.conn.as_mut().filter(|c| c.connecting.is_none()) else { return };
+        let interest = if on { Interest::READABLE | Interest::WRITABLE } else { Interest::WRITABLE };
+        if env.registry.reregister(&mut c.stream, c.token, interest).is_ok() {
+            self.io_reads = on;
+        }
+    }
+
+    /// Wake a leader waiting in its poller (its connection went away, or
+    /// the session ended).
+    fn kick_leader(&mut self, env: &Env) {
+        if self.leading && !self.leader_kicked {
+            self.leader_kicked = true;
+            let _ = env.leader_waker.wake();
         }
     }
 
     /// Close the socket and forget its unsent bytes (the core resends what
     /// matters after the next connect).
     fn drop_conn(&mut self, env: &Env) {
+        self.io_reads = true;
         if let Some(mut c) = self.conn.take() {
             let _ = env.registry.deregister(&mut c.stream);
+            #[cfg(unix)]
+            if c.leader_registered {
+                use std::os::fd::AsRawFd;
+                let fd = c.stream.as_raw_fd();
+                let _ = env.leader_registry.deregister(&mut mio::unix::SourceFd(&fd));
+            }
+            self.kick_leader(env);
         }
         self.tx.clear();
         self.read_more = false;
@@ -928,6 +1056,7 @@ impl State {
                 Ok(true) => {
                     c.connecting = None;
                     self.core.connected(now);
+                    self.register_leader(env);
                 }
                 Ok(false) => return,
                 Err(_) => {
@@ -942,7 +1071,8 @@ impl State {
                 c.blocked = false;
             }
         }
-        if readable {
+        // While a caller leads, it reads (its poller saw this edge too).
+        if readable && !self.leading {
             self.read_all(env, now);
         }
     }
@@ -1019,7 +1149,12 @@ fn io_loop(sh: Arc<Shared>, mut poll: Poll) {
             let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
             st.on_socket(env, now, readable, writable);
         }
-        if st.read_more {
+        if !st.leading && !st.io_reads {
+            // Nobody leads any more: read again (the re-registration reports
+            // data that arrived meanwhile).
+            st.set_io_reads(env, true);
+        }
+        if st.read_more && !st.leading {
             st.read_all(env, now);
         }
         st.on_timers(env, now);

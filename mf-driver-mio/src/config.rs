@@ -104,6 +104,10 @@ pub struct ClientConfig {
     /// `PendingCall::wait`, `close`) is written at once. 0 writes every
     /// message at once. Default 200.
     pub write_batch_us: u64,
+    /// A thread waiting for its call's response reads the socket itself
+    /// when no other thread does, instead of being woken by the I/O thread
+    /// (one context switch less per call). Default on (Unix).
+    pub caller_reads: bool,
     /// Session seed; `None` (the default, and the only sane production
     /// choice) draws it from the operating system. Tests set it to replay.
     pub seed: Option<[u8; 32]>,
@@ -115,6 +119,7 @@ impl Default for ClientConfig {
             protocol: Config::default(),
             tcp: TcpOptions::default(),
             write_batch_us: 200,
+            caller_reads: true,
             seed: None,
         }
     }

@@ -27,6 +27,8 @@ pub struct IoStats {
     pub wakeups: u64,
     /// Connections opened (client) or accepted (server).
     pub connections: u64,
+    /// Client: waits in which the calling thread read the socket itself.
+    pub leader_waits: u64,
 }
 
 impl IoStats {
@@ -37,6 +39,7 @@ impl IoStats {
         self.bytes_written += o.bytes_written;
         self.wakeups += o.wakeups;
         self.connections += o.connections;
+        self.leader_waits += o.leader_waits;
     }
 }
 

@@ -81,6 +81,11 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
         self.map.remove(&k).and_then(|s| s.outcome)
     }
 
+    /// True if a thread waits for some slot still without an outcome.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.map.values().any(|s| s.waiter.is_some() && s.outcome.is_none())
+    }
+
     /// Forget `k` (its handle was dropped).
     pub(crate) fn remove(&mut self, k: K) {
         self.map.remove(&k);
