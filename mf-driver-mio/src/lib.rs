@@ -1,10 +1,134 @@
 //! # mf-driver-mio: the blocking MessageFirst API
 //!
 //! Whole messages and request -> response over TCP, exactly once through
-//! connection loss, with blocking, timed and non-blocking modes. Runs the
-//! sans-IO [`mf_core`] state machine on mio sockets.
+//! connection loss, with blocking, timed and non-blocking modes: the sans-IO
+//! [`mf_core`] state machine driven on mio sockets.
 //!
-//! Crate docs are completed below.
+//! ```
+//! use mf_driver_mio::{Client, ClientConfig, Server, ServerConfig};
+//!
+//! // A server on an ephemeral port; `serve` runs the handler on its workers.
+//! let server = Server::bind("127.0.0.1:0", ServerConfig::default())?;
+//! let addr = server.local_addr();
+//! let s = server.clone();
+//! let serving = std::thread::spawn(move || s.serve(|req| req.body));
+//!
+//! let client = Client::connect(addr, ClientConfig::default())?;
+//! assert_eq!(&client.call("ping")?[..], b"ping");          // blocks for the answer
+//! client.send("one-way")?.wait()?;                         // blocks for the receipt
+//!
+//! client.close()?;
+//! server.shutdown();
+//! serving.join().unwrap()?;
+//! # Ok::<(), mf_driver_mio::Error>(())
+//! ```
+//!
+//! ## Modes
+//!
+//! | | blocking | timeout | non-blocking |
+//! |---|---|---|---|
+//! | request -> response | [`Client::call`] | [`Client::call_timeout`] | [`Client::call_start`] -> [`PendingCall`] |
+//! | one-way message | [`Client::send`] | [`Client::send_timeout`] | [`Client::try_send`] |
+//! | receipt (C4) | [`Receipt::wait`] | [`Receipt::wait_timeout`] | [`Receipt::poll`] |
+//! | receive | [`Client::recv`] | [`Client::recv_timeout`] | [`Client::try_recv`] |
+//!
+//! A send that cannot be accepted hands the message back inside the error
+//! ([`Error::Full`], [`Error::TooLarge`], [`Error::Closed`],
+//! [`Error::SessionLost`] with `message: Some(..)`; see
+//! [`Error::into_message`]). [`Client::channel`] gives the same operations on
+//! another channel; order is kept per channel (C3). The server has the same
+//! three modes for pulling ([`Server::recv`], [`Server::recv_timeout`],
+//! [`Server::try_recv`]) and answers with [`Server::respond`],
+//! [`Server::reject`], or pushes with [`Server::send`]; or it runs a handler
+//! with [`Server::serve`].
+//!
+//! ## Connection loss and the session's fate
+//!
+//! A [`Client`] holds one session across TCP connections. When a connection
+//! fails the client reconnects after a jittered, capped exponential backoff
+//! (`reconnect_backoff_min_ms` .. `reconnect_backoff_max_ms`) and resumes the
+//! session: unacknowledged messages and requests are resent and the peer
+//! drops duplicates, so each is delivered once (C2, C6). If the session
+//! cannot be resumed (the server restarted or expired it, or
+//! `resume_timeout_ms` passed), every pending call, receipt and blocked
+//! sender fails at once with [`Error::SessionLost`], whose `fate` says
+//! whether the item could have reached the peer; [`Client::state`] reports
+//! `Ended(reason)` and later operations fail the same way. Every wait has
+//! the session's end as a wake-up condition: nothing hangs.
+//!
+//! ## Threads and the call path
+//!
+//! - **Client.** One lock-protected state per session and one background I/O
+//!   thread (a mio `Poll` over the socket, a waker and the core's timers:
+//!   keep-alive, idle, acknowledgement delay, reconnect). Application threads
+//!   do their own I/O: a `call` runs the core's `poll_transmit` and writes the
+//!   request itself (one `writev`), then, if no other thread is doing so, reads
+//!   the socket itself while it waits ("leader"), so a response wakes exactly
+//!   the thread that waits for it, with no hop through the I/O thread. While a
+//!   caller leads, the I/O thread's poller stops watching the socket for reads
+//!   (set [`ClientConfig::caller_reads`] to `false` to compare).
+//! - **Server.** N worker event loops (default: one per available core), each
+//!   with its own `SO_REUSEPORT` listener (socket2, backlog 4096), mio `Poll`,
+//!   read buffer and [`mf_core::Endpoint`]. A `serve` handler runs on the
+//!   worker that owns the session, in batches, with no lock held; the
+//!   responses to a batch leave in one `writev` per connection. Pull-API
+//!   calls (`recv`, `respond`, `send`) lock the owning worker and write from
+//!   the calling thread.
+//!
+//! ### Resuming onto another worker
+//!
+//! The kernel spreads connections across the listeners by a hash of their
+//! addresses, so a reconnecting client usually lands on a worker that does
+//! not hold its session. Sessions never move between workers; connections
+//! do. Each worker records `token -> worker` in a shared registry when a
+//! session comes up and removes it when the session ends. A new connection
+//! is read only up to the end of its first frame (the 80-byte HELLO) and
+//! routed with [`mf_core::wire::peek_hello`]: a HELLO resuming a session
+//! owned by another worker is handed to that worker (the socket and the
+//! bytes read so far) through its hand-off queue and mio `Waker`, and the
+//! owner feeds those bytes to its endpoint as if it had read them. Anything
+//! else (a new session, an unknown token, garbage) stays with the accepting
+//! worker, whose endpoint answers it or closes it with a typed reason.
+//! [`ServerStats::handoffs`] counts hand-overs.
+//!
+//! ## Batching and system calls
+//!
+//! Reads use one large buffer (64 KiB per client, 256 KiB per server worker)
+//! and the core decodes every frame in it. Everything ready for a connection
+//! leaves in one `writev` (up to 64 slices; large bodies go by reference, not
+//! copied). One-way messages and [`Client::call_start`] hold their output
+//! for up to [`ClientConfig::write_batch_us`] (default 200 us) after a write,
+//! so a burst shares one `writev`; anything a thread then waits on is
+//! written at once. [`IoStats`] counts read and write system calls (P7:
+//! write calls per message, <= 0.1 when pipelined).
+//!
+//! ## Limits
+//!
+//! Every queue is bounded by the protocol [`Config`] (send queue, calls in
+//! flight, credit windows, inbox, open requests, sessions and handshakes per
+//! server, handshake and idle timeouts); the driver adds only bounded
+//! buffers (read buffers, one transmit buffer per connection that is kept
+//! only while its socket is full, a hand-off queue of 4096 connections per
+//! worker). [`ServerConfig`] divides `sessions_max` and `handshakes_max`
+//! among the workers. Socket options are in [`TcpOptions`].
+//!
+//! ## Shutdown
+//!
+//! [`Client::close`] drains (every message receipted, every call answered,
+//! within `close_timeout_ms`), says goodbye and stops the I/O thread;
+//! dropping the last clone starts the same close in the background.
+//! [`Server::shutdown`] stops accepting, closes every session gracefully
+//! (each finishes or fails its in-flight work within `close_timeout_ms`)
+//! and joins the workers.
+//!
+//! ## Verification
+//!
+//! The wake-up protocol (completion slots, wait lists, the pull-mode ready
+//! signal, the shutdown flag) is modelled with loom:
+//! `RUSTFLAGS="--cfg loom" cargo test --release -p mf-driver-mio loom`. The
+//! integration tests in `tests/` run over real loopback sockets through a
+//! fault-injecting proxy (`tests/common/proxy.rs`) and check every run with
+//! `mf_core::testing::checker`.
 
 #![deny(missing_docs)]
 

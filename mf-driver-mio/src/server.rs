@@ -358,7 +358,8 @@ impl Server {
     /// until [`Server::shutdown`] (from another thread or from the handler)
     /// completes. For a request, the handler's [`Reply`] is the response.
     /// The handler runs without any lock held, so it may use this server
-    /// (send to sessions, shut down).
+    /// (send to sessions, shut down). A handler that holds a `Server` clone
+    /// keeps the server alive: stop it with `shutdown`, not by dropping.
     pub fn serve<F, R>(&self, handler: F) -> Result<(), Error>
     where
         F: Fn(Inbound) -> R + Send + Sync + 'static,
