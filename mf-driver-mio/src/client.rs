@@ -700,8 +700,8 @@ impl Shared {
                     }
                 }
                 g.pump(env, now, Flush::Now);
-                if g.calls.has_waiters() {
-                    // Others wait for responses: the I/O thread reads for them.
+                if g.calls.has_waiters() || g.receipts.has_waiters() || !g.readers.is_empty() {
+                    // Others wait for the socket: the I/O thread reads for them.
                     g.set_io_reads(env, true);
                 } else if g.io_wake_at > now.add_millis(TIMER_SLACK_MS) {
                     // It restores its reads at its next wake-up: make that soon.
