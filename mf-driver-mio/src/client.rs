@@ -146,8 +146,17 @@ enum Flush {
 pub(crate) struct Shared {
     st: Mutex<State>,
     env: Env,
-    io_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The I/O thread, started by the first operation that leaves work in
+    /// the background (so a connect-call-close client never pays for it).
+    io_thread: std::sync::Mutex<IoThread>,
+    io_started: std::sync::atomic::AtomicBool,
     leader: std::sync::Mutex<LeaderPoll>,
+}
+
+enum IoThread {
+    NotStarted(Poll),
+    Running(#[allow(dead_code)] JoinHandle<()>),
+    Failed,
 }
 
 /// The caller that waits for a response reads the socket itself (it is the
@@ -174,7 +183,12 @@ impl Drop for Handle {
         st.closing = true;
         st.core.close(now);
         st.pump(&self.sh.env, now, Flush::Now);
+        let ended = st.ended.is_some();
         drop(st);
+        if !ended {
+            // Drain in the background.
+            self.sh.ensure_io();
+        }
         let _ = self.sh.env.waker.wake();
     }
 }
@@ -224,7 +238,8 @@ pub struct Receipt {
 impl Client {
     /// Connect to `addr` (every resolved address is tried in turn, now and
     /// on reconnects) and start a session. Returns once the TCP connection
-    /// is open; the handshake leaves with the first message.
+    /// is open; the handshake leaves with the first operation's message,
+    /// in the same write.
     pub fn connect(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, Error> {
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         if addrs.is_empty() {
@@ -289,15 +304,10 @@ impl Client {
         let sh = Arc::new(Shared {
             st: Mutex::new(st),
             env,
-            io_thread: std::sync::Mutex::new(None),
+            io_thread: std::sync::Mutex::new(IoThread::NotStarted(poll)),
+            io_started: std::sync::atomic::AtomicBool::new(false),
             leader: std::sync::Mutex::new(LeaderPoll { poll: leader_poll, events: Events::with_capacity(4) }),
         });
-        let io_sh = sh.clone();
-        let t = std::thread::Builder::new()
-            .name("mf-client-io".into())
-            .stack_size(256 << 10)
-            .spawn(move || io_loop(io_sh, poll))?;
-        *sh.io_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
         Ok(Client { h: Arc::new(Handle { sh }) })
     }
 
@@ -406,6 +416,7 @@ impl Client {
     /// session resumes on a new one). For fault-injection tests and demos.
     pub fn disconnect(&self) {
         let sh = self.sh();
+        sh.ensure_io();
         let mut st = lock(&sh.st);
         let now = sh.env.now();
         st.lose_conn(&sh.env, now);
@@ -588,6 +599,36 @@ fn lost(reason: CloseReason, fate: Fate) -> Failure {
 }
 
 impl Shared {
+    /// Start the I/O thread if it is not running yet.
+    fn ensure_io(self: &Arc<Self>) {
+        if self.io_started.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut io = self.io_thread.lock().unwrap_or_else(|p| p.into_inner());
+        if let IoThread::NotStarted(_) = &*io {
+            let IoThread::NotStarted(poll) = std::mem::replace(&mut *io, IoThread::Failed) else { return };
+            let sh = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("mf-client-io".into())
+                .stack_size(256 << 10)
+                .spawn(move || io_loop(sh, poll));
+            match spawned {
+                Ok(t) => *io = IoThread::Running(t),
+                Err(_) => {
+                    // No thread: the session cannot run its timers. End it
+                    // explicitly rather than let waits hang.
+                    drop(io);
+                    let mut st = lock(&self.st);
+                    let now = self.env.now();
+                    st.closing = true;
+                    st.core.close(now);
+                    st.pump(&self.env, now, Flush::Now);
+                }
+            }
+        }
+        self.io_started.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Wait for send-queue room while the core refuses with `Full`.
     fn submit<T>(
         &self,
@@ -650,6 +691,9 @@ impl Shared {
         g.active = true;
         g.pump(&self.env, now, flush);
         g.wake_io_if_needed(&self.env, now);
+        drop(g);
+        // Started while the request is in flight, off the response's path.
+        self.ensure_io();
         Ok(PendingCall { sh: self.clone(), id, done: false })
     }
 
@@ -725,12 +769,14 @@ impl Shared {
         g.pump(&self.env, now, Flush::Batch);
         g.wake_io_if_needed(&self.env, now);
         drop(g);
+        self.ensure_io();
         // A receipt keeps the shared state alive, not the handle: a receipt
         // alone does not keep the session open.
         Ok(Receipt { sh: self.clone(), id })
     }
 
-    fn recv(&self, until: Until) -> Result<Message, Error> {
+    fn recv(self: &Arc<Self>, until: Until) -> Result<Message, Error> {
+        self.ensure_io();
         let g = lock(&self.st);
         let (_g, r) = wait_until(
             &self.st,
@@ -761,13 +807,19 @@ impl Shared {
         r.unwrap_or(Err(Error::Timeout))
     }
 
-    fn close(&self) -> Result<(), Error> {
+    fn close(self: &Arc<Self>) -> Result<(), Error> {
         let mut g = lock(&self.st);
         let now = self.env.now();
         g.closing = true;
         g.core.close(now);
         g.pump(&self.env, now, Flush::Now);
         g.wake_io_if_needed(&self.env, now);
+        if g.ended.is_none() {
+            // Draining takes time (receipts, answers, the close timer).
+            drop(g);
+            self.ensure_io();
+            g = lock(&self.st);
+        }
         let close_ms = g.core.config().close_timeout_ms;
         // The core ends the session within close_timeout_ms; the margin only
         // guards against a driver bug turning into a hang.
@@ -783,13 +835,9 @@ impl Shared {
             |st, t| st.closers.add(t),
         );
         drop(g);
+        // The I/O thread exits by itself once the session has ended; wake it
+        // so it sees that now.
         let _ = self.env.waker.wake();
-        let t = self.io_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = t {
-            if t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
-        }
         match r {
             Some(reason) if reason.code == mf_core::CloseCode::Normal => Ok(()),
             Some(reason) => Err(Error::SessionLost { reason, fate: Fate::Unknown, message: None }),

@@ -60,7 +60,9 @@
 //!
 //! - **Client.** One lock-protected state per session and one background I/O
 //!   thread (a mio `Poll` over the socket, a waker and the core's timers:
-//!   keep-alive, idle, acknowledgement delay, reconnect). Application threads
+//!   keep-alive, idle, acknowledgement delay, reconnect), started by the
+//!   first operation (while its request is in flight) and ended with the
+//!   session. Application threads
 //!   do their own I/O: a `call` runs the core's `poll_transmit` and writes the
 //!   request itself (one `writev`), then, if no other thread is doing so, reads
 //!   the socket itself while it waits ("leader"), so a response wakes exactly
