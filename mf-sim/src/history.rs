@@ -18,6 +18,8 @@ struct Inner {
     events: u64,
     /// Violations found outside the checker (driver misbehaviour).
     extra: Vec<String>,
+    /// Print every event (`MF_SIM_TRACE=1`).
+    print: bool,
 }
 
 fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
@@ -35,6 +37,7 @@ impl Default for History {
                 trace: 0xcbf2_9ce4_8422_2325,
                 events: 0,
                 extra: Vec::new(),
+                print: std::env::var_os("MF_SIM_TRACE").is_some_and(|v| v == "1"),
             }),
         }
     }
@@ -44,7 +47,16 @@ impl History {
     /// Mix an event into the trace, stamped with simulated time.
     pub fn trace(&self, what: &str) {
         let t = turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64);
+        self.trace_at(t, what);
+    }
+
+    /// Mix an event into the trace at `t` simulated microseconds (for the
+    /// harness, which runs outside any simulated host).
+    pub fn trace_at(&self, t: u64, what: &str) {
         let mut i = self.inner.borrow_mut();
+        if i.print {
+            println!("{:>9}.{:03} ms  {what}", t / 1000, t % 1000);
+        }
         i.events += 1;
         i.trace = fnv(fnv(i.trace, &t.to_le_bytes()), what.as_bytes());
     }

@@ -220,6 +220,8 @@ struct Shared {
     server_seq: RefCell<BTreeMap<u32, u64>>,
     clients_done: Cell<usize>,
     renewed: Cell<u64>,
+    /// Each client's current session, for the end-of-run report.
+    current: RefCell<Vec<Option<Client>>>,
 }
 
 fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -254,6 +256,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, SimFailure> {
         server_seq: RefCell::new(BTreeMap::new()),
         clients_done: Cell::new(0),
         renewed: Cell::new(0),
+        current: RefCell::new(vec![None; clients]),
     });
     let fail = |sh: &Shared, faults: u64, violations: Vec<String>| SimFailure {
         seed,
@@ -304,7 +307,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, SimFailure> {
         while next < schedule.len() && schedule[next].at_ms <= now_ms {
             let s = schedule[next];
             faults += 1;
-            sh.history.trace(&format!("fault {:?}", s.fault));
+            sh.history.trace_at(sim.elapsed().as_micros() as u64, &format!("fault {:?}", s.fault));
             if let Some(ms) = apply(&mut sim, &sh, s.fault, &mut server_down) {
                 heals.push((now_ms + ms, next));
             }
@@ -351,6 +354,13 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, SimFailure> {
         }
     }
     let end_ms = sim.elapsed().as_millis() as u64;
+    if std::env::var_os("MF_SIM_TRACE").is_some_and(|v| v == "1") {
+        for (i, c) in sh.current.borrow().iter().enumerate() {
+            if let Some(c) = c {
+                println!("client {i}: {:?} {:?}", c.state(), c.stats());
+            }
+        }
+    }
     let (trace_hash, trace_events) = sh.history.trace_hash();
     let report = Report {
         seed,
@@ -424,7 +434,7 @@ fn heal(
     base_min: Duration,
     base_max: Duration,
 ) {
-    sh.history.trace(&format!("heal {f:?}"));
+    sh.history.trace_at(sim.elapsed().as_micros() as u64, &format!("heal {f:?}"));
     match f {
         Fault::Partition { client, .. } => sim.repair("server", client_name(client)),
         Fault::Hold { client, .. } => sim.release("server", client_name(client)),
@@ -455,10 +465,12 @@ fn new_client(sh: &Shared, i: usize, session: u64) -> Client {
     let seed = seed_from_u64(sh.seed ^ ((i as u64 + 1) << 32) ^ (session << 48) ^ 0x5eed);
     let connector = Breakable::new(TurmoilConnector::new("server", PORT), sh.switches[i].clone());
     let options = ClientOptions::new(sh.cfg.protocol.clone()).with_seed(seed);
-    match Client::start(connector, options) {
+    let client = match Client::start(connector, options) {
         Ok(c) => c,
         Err(e) => panic!("the simulation's protocol config is invalid: {e}"),
-    }
+    };
+    sh.current.borrow_mut()[i] = Some(client.clone());
+    client
 }
 
 /// Take everything the server sends to this session until it ends.
