@@ -2,7 +2,7 @@
 //! `--count N` a measured load of N calls (ping-pong, pipelined, short
 //! connections or fan-in) across a real network.
 
-use crate::bench::harness::{IoCounts, IoCounters};
+use crate::bench::harness::{IoCounters, IoCounts};
 use crate::bench::systems::{Meter, System, raw_std};
 use crate::bench::workloads::{Budget, FAN_IN_CONNECTIONS, Kind, Workload, fmt_size};
 use crate::serve::KnobArgs;
@@ -135,8 +135,11 @@ fn one_call(args: &CallArgs) -> Result<Vec<u8>, String> {
     let body = bytes::Bytes::from(args.message.clone().into_bytes());
     match args.system {
         System::MfMio => {
-            let c = mf_driver_mio::Client::connect(args.addr, crate::bench::systems::mf_mio::client_config(&knobs))
-                .map_err(|e| format!("connect {}: {e}", args.addr))?;
+            let c = mf_driver_mio::Client::connect(
+                args.addr,
+                crate::bench::systems::mf_mio::client_config(&knobs),
+            )
+            .map_err(|e| format!("connect {}: {e}", args.addr))?;
             let reply = c.call(body).map_err(|e| format!("call: {e}"))?;
             let _ = c.close();
             Ok(reply.to_vec())

@@ -42,7 +42,9 @@ fn bench_quick_reports_every_system_and_workload() {
         "--plot",
         plots.to_str().unwrap(),
     ]);
-    for heading in ["## W1 ping-pong", "## W2 pipeline", "## W3 short connections", "## W4 large", "## W5 fan-in"] {
+    for heading in
+        ["## W1 ping-pong", "## W2 pipeline", "## W3 short connections", "## W4 large", "## W5 fan-in"]
+    {
         assert!(out.contains(heading), "no {heading:?} table in:\n{out}");
     }
     for s in ["raw-std", "raw-tokio", "mf-mio", "mf-tokio"] {
@@ -51,7 +53,9 @@ fn bench_quick_reports_every_system_and_workload() {
     for p in ["P1", "P2", "P3", "P4", "P5", "P6", "P7"] {
         assert!(out.contains(&format!("| {p} |")), "no verdict for {p}");
     }
-    assert!(out.contains("What does a message API cost") && out.contains("Which TCP socket parameters matter"));
+    assert!(
+        out.contains("What does a message API cost") && out.contains("Which TCP socket parameters matter")
+    );
 
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let records = doc["records"].as_array().unwrap();
@@ -61,12 +65,18 @@ fn bench_quick_reports_every_system_and_workload() {
                 let r = records
                     .iter()
                     .find(|r| {
-                        r["system"] == s && r["workload"] == w && r["pin"] == pin && r["knobs_name"] == "defaults"
+                        r["system"] == s
+                            && r["workload"] == w
+                            && r["pin"] == pin
+                            && r["knobs_name"] == "defaults"
                     })
                     .unwrap_or_else(|| panic!("no record for {s} {w} pin {pin}"));
                 let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{s} {w}: {k} missing"));
                 assert!(f("calls") >= 1.0, "{s} {w}: no calls");
-                assert!(f("p50_us") > 0.0 && f("p50_us") <= f("p99_us") && f("p99_us") <= f("p999_us"), "{r}");
+                assert!(
+                    f("p50_us") > 0.0 && f("p50_us") <= f("p99_us") && f("p99_us") <= f("p999_us"),
+                    "{r}"
+                );
                 assert!(f("calls_per_s") > 0.0 && f("calls_per_s").is_finite(), "{r}");
                 assert!(f("writes_per_msg") > 0.0 && f("reads_per_msg") > 0.0, "syscalls not counted: {r}");
                 assert!(f("cpu_us_per_msg") > 0.0 && f("peak_rss_mib") > 0.0, "{r}");
@@ -81,14 +91,22 @@ fn bench_quick_reports_every_system_and_workload() {
     let raw_w2 = records.iter().find(|r| r["system"] == "raw-std" && r["workload"] == "W2").unwrap();
     assert!(raw_w2["writes_per_msg"].as_f64().unwrap() < 0.5, "{raw_w2}");
     assert!(doc["idle_session_client_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(doc["targets"].as_array().unwrap().len(), 2 * (6 * 2 + 1), "P1-P5, P7 per pin, P6 once, per driver");
+    assert_eq!(
+        doc["targets"].as_array().unwrap().len(),
+        2 * (6 * 2 + 1),
+        "P1-P5, P7 per pin, P6 once, per driver"
+    );
 
     let svgs: Vec<_> = std::fs::read_dir(&plots).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(svgs.iter().any(|p| p.to_string_lossy().contains("latency-W1")), "{svgs:?}");
     assert!(svgs.iter().any(|p| p.to_string_lossy().contains("size-W2")), "{svgs:?}");
     for p in &svgs {
         let text = std::fs::read_to_string(p).unwrap();
-        assert!(text.contains("<svg") && text.contains("mf-mio"), "{} is not a chart with a legend", p.display());
+        assert!(
+            text.contains("<svg") && text.contains("mf-mio"),
+            "{} is not a chart with a legend",
+            p.display()
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -151,7 +169,8 @@ fn serve(system: &str) -> (Server, String) {
 
 #[test]
 fn serve_and_call_talk_across_a_socket() {
-    for (server, client) in [("mf-mio", "mf-mio"), ("mf-mio", "mf-tokio"), ("raw-std", "raw-std"), ("raw-tokio", "raw-std")]
+    for (server, client) in
+        [("mf-mio", "mf-mio"), ("mf-mio", "mf-tokio"), ("raw-std", "raw-std"), ("raw-tokio", "raw-std")]
     {
         let (_server, addr) = serve(server);
         let reply = run(&["call", &addr, "hello there", "--system", client]);

@@ -286,7 +286,8 @@ pub struct Results {
 impl Results {
     /// Add one run.
     pub fn add(&mut self, key: Key, hist: &Histogram<u64>, fig: RunFigures) {
-        let s = self.series.entry(key).or_insert_with(|| Series { hist: new_histogram(), rounds: Vec::new() });
+        let s =
+            self.series.entry(key).or_insert_with(|| Series { hist: new_histogram(), rounds: Vec::new() });
         let _ = s.hist.add(hist);
         s.rounds.push(fig);
     }

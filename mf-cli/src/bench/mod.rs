@@ -184,7 +184,12 @@ pub fn run_plan(
             let n = systems.len().max(1);
             systems.rotate_left(round % n);
             for system in systems {
-                bar.set_message(format!("{} {} pin {}", system.name(), case.workload.label(), case.pin.name()));
+                bar.set_message(format!(
+                    "{} {} pin {}",
+                    system.name(),
+                    case.workload.label(),
+                    case.pin.name()
+                ));
                 let key = Key { workload: case.workload, pin: case.pin, knobs: case.knobs, system };
                 match measure(system, &case.workload, case.pin, &knob_sets[case.knobs], budget) {
                     Ok((hist, fig)) => results.add(key, &hist, fig),
@@ -249,8 +254,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
             }
         }
     }
-    let knob_systems: Vec<System> =
-        systems.iter().copied().filter(|s| matches!(s, System::RawStd | System::MfMio | System::MfTokio)).collect();
+    let knob_systems: Vec<System> = systems
+        .iter()
+        .copied()
+        .filter(|s| matches!(s, System::RawStd | System::MfMio | System::MfTokio))
+        .collect();
     let systems_for = |c: &Case| if c.knobs == 0 { systems.clone() } else { knob_systems.clone() };
 
     println!(
@@ -268,7 +276,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let probe = probe::run(&systems, common.quick);
     let elapsed = started.elapsed();
 
-    let rep = report::Report { results: &results, knob_sets: &knob_sets, probe: &probe, pins: &pins, systems: &systems };
+    let rep = report::Report {
+        results: &results,
+        knob_sets: &knob_sets,
+        probe: &probe,
+        pins: &pins,
+        systems: &systems,
+    };
     print!("{}", rep.render());
     println!("(measured in {:.1} s; load average now {})", elapsed.as_secs_f64(), report::load_average());
     if let Some(path) = &args.json {

@@ -22,7 +22,12 @@ fn color(s: System) -> RGBColor {
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Write every chart into `dir`; returns the files written.
-pub fn write_all(results: &Results, pins: &[Pin], systems: &[System], dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn write_all(
+    results: &Results,
+    pins: &[Pin],
+    systems: &[System],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let mut files = Vec::new();
     for w in Workload::standard() {
@@ -44,10 +49,18 @@ pub fn write_all(results: &Results, pins: &[Pin], systems: &[System], dir: &Path
     Ok(files)
 }
 
-fn latency_cdf(results: &Results, w: &Workload, pin: Pin, systems: &[System], path: &Path) -> Result<bool, String> {
+fn latency_cdf(
+    results: &Results,
+    w: &Workload,
+    pin: Pin,
+    systems: &[System],
+    path: &Path,
+) -> Result<bool, String> {
     let mut curves = Vec::new();
     for &s in systems {
-        let Some(series) = results.series.get(&Key { workload: *w, pin, knobs: 0, system: s }) else { continue };
+        let Some(series) = results.series.get(&Key { workload: *w, pin, knobs: 0, system: s }) else {
+            continue;
+        };
         let pts: Vec<(f64, f64)> = (0..=200)
             .map(|i| {
                 let q = if i == 200 { 0.9999 } else { i as f64 / 200.0 };
@@ -88,7 +101,13 @@ fn latency_cdf(results: &Results, w: &Workload, pin: Pin, systems: &[System], pa
     Ok(true)
 }
 
-fn size_chart(results: &Results, kind: Kind, pin: Pin, systems: &[System], path: &Path) -> Result<bool, String> {
+fn size_chart(
+    results: &Results,
+    kind: Kind,
+    pin: Pin,
+    systems: &[System],
+    path: &Path,
+) -> Result<bool, String> {
     let mut curves = Vec::new();
     for &s in systems {
         let mut pts: Vec<(f64, f64)> = results
@@ -141,7 +160,10 @@ fn size_chart(results: &Results, kind: Kind, pin: Pin, systems: &[System], path:
     Ok(true)
 }
 
-fn draw(path: &Path, f: impl FnOnce(&DrawingArea<SVGBackend, plotters::coord::Shift>) -> PlotResult) -> Result<(), String> {
+fn draw(
+    path: &Path,
+    f: impl FnOnce(&DrawingArea<SVGBackend, plotters::coord::Shift>) -> PlotResult,
+) -> Result<(), String> {
     let root = SVGBackend::new(path, SIZE_PX).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     f(&root).map_err(|e| e.to_string())?;

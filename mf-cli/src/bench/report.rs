@@ -59,7 +59,8 @@ pub fn figures(s: &Series, size: usize) -> Figures {
     let q = |p: f64| s.hist.value_at_quantile(p) as f64 / 1000.0;
     let calls: u64 = s.rounds.iter().map(|r| r.calls).sum();
     let msgs = (2 * calls).max(1) as f64;
-    let sum = |f: &dyn Fn(&crate::bench::harness::RunFigures) -> u64| s.rounds.iter().map(f).sum::<u64>() as f64;
+    let sum =
+        |f: &dyn Fn(&crate::bench::harness::RunFigures) -> u64| s.rounds.iter().map(f).sum::<u64>() as f64;
     let rate = median(s.rounds.iter().map(|r| r.rate()).collect());
     Figures {
         calls,
@@ -210,7 +211,8 @@ impl Report<'_> {
         if !self.results.series.keys().any(|k| k.workload == w && k.knobs == 0) {
             return;
         }
-        let depth = if w.kind == Kind::Pipeline { format!(", {} outstanding", w.depth()) } else { String::new() };
+        let depth =
+            if w.kind == Kind::Pipeline { format!(", {} outstanding", w.depth()) } else { String::new() };
         let conns =
             if w.kind == Kind::FanIn { format!(", {} connections", w.connections()) } else { String::new() };
         let _ = writeln!(o, "\n## {}{depth}{conns}\n", w.label());
@@ -397,7 +399,8 @@ impl Report<'_> {
             let Some(base) = self.results.series.get(&Key { knobs: 0, ..*k }) else { continue };
             let rounds = series.rounds.len().min(base.rounds.len());
             let rate = median((0..rounds).map(|r| series.rounds[r].rate() / base.rounds[r].rate()).collect());
-            let p50 = series.hist.value_at_quantile(0.5).max(1) as f64 / base.hist.value_at_quantile(0.5).max(1) as f64;
+            let p50 = series.hist.value_at_quantile(0.5).max(1) as f64
+                / base.hist.value_at_quantile(0.5).max(1) as f64;
             v.push((knob_name(&self.knob_sets[k.knobs]), k.workload, k.pin, k.system, rate, p50));
         }
         v
@@ -415,14 +418,20 @@ impl Report<'_> {
         let _ = writeln!(o, "| knob | workload | pin | system | rate | p50 |");
         let _ = writeln!(o, "|---|---|---|---|--:|--:|");
         for (name, w, pin, s, rate, p50) in &effects {
-            let _ =
-                writeln!(o, "| {name} | {} | {} | {} | {rate:.2}x | {p50:.2}x |", w.label(), pin.name(), s.name());
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {} | {rate:.2}x | {p50:.2}x |",
+                w.label(),
+                pin.name(),
+                s.name()
+            );
         }
     }
 
     fn answers(&self, o: &mut String) {
         let _ = writeln!(o, "\n## Answers\n");
-        let _ = writeln!(o, "**1. What does a message API cost over a raw TCP stream for message workloads?**\n");
+        let _ =
+            writeln!(o, "**1. What does a message API cost over a raw TCP stream for message workloads?**\n");
         for w in Workload::standard() {
             for &pin in self.pins {
                 let parts: Vec<String> = self
@@ -543,7 +552,12 @@ impl Report<'_> {
             targets: self.verdicts(),
             idle_session_client_bytes: self.probe.idle_client_bytes,
             idle_session_server_bytes: self.probe.idle_server_bytes,
-            allocations_per_msg: self.probe.allocs_per_msg.iter().map(|(s, w, a)| (*s, w.kind.id(), *a)).collect(),
+            allocations_per_msg: self
+                .probe
+                .allocs_per_msg
+                .iter()
+                .map(|(s, w, a)| (*s, w.kind.id(), *a))
+                .collect(),
         };
         let text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;
         std::fs::write(path, text)?;

@@ -49,7 +49,8 @@ fn has_knob(system: System, knobs: &Knobs) -> bool {
 /// `mf bench sweep`.
 pub fn run(args: SweepArgs) -> ExitCode {
     let c = &args.common;
-    let sizes = args.sizes.clone().unwrap_or_else(|| if c.quick { vec![64] } else { vec![64, 4 << 10, 64 << 10] });
+    let sizes =
+        args.sizes.clone().unwrap_or_else(|| if c.quick { vec![64] } else { vec![64, 4 << 10, 64 << 10] });
     let knob_sets = knob_settings(true);
     let pins = c.pins();
     let systems = c.systems();
@@ -68,8 +69,9 @@ pub fn run(args: SweepArgs) -> ExitCode {
             }
         }
     }
-    let systems_for =
-        |case: &Case| systems.iter().copied().filter(|s| has_knob(*s, &knob_sets[case.knobs])).collect::<Vec<_>>();
+    let systems_for = |case: &Case| {
+        systems.iter().copied().filter(|s| has_knob(*s, &knob_sets[case.knobs])).collect::<Vec<_>>()
+    };
     println!(
         "mf bench sweep: {} cases x {} systems x {} rounds, {} ms per run, load {}",
         cases.len(),
@@ -80,7 +82,8 @@ pub fn run(args: SweepArgs) -> ExitCode {
     );
     let results = run_plan(&cases, &knob_sets, &systems_for, rounds, &budget, !c.no_progress);
     let probe = Probe::default();
-    let rep = Report { results: &results, knob_sets: &knob_sets, probe: &probe, pins: &pins, systems: &systems };
+    let rep =
+        Report { results: &results, knob_sets: &knob_sets, probe: &probe, pins: &pins, systems: &systems };
 
     let mut o = String::new();
     let _ = writeln!(o, "# TCP knob sweep (`mf bench sweep`)\n");
@@ -100,7 +103,10 @@ pub fn run(args: SweepArgs) -> ExitCode {
     );
 
     let _ = writeln!(o, "## The message API's overhead over the raw stream, default knobs\n");
-    let _ = writeln!(o, "Rate of each system relative to raw-std in the same round (p50 latency ratio in brackets).\n");
+    let _ = writeln!(
+        o,
+        "Rate of each system relative to raw-std in the same round (p50 latency ratio in brackets).\n"
+    );
     let _ = write!(o, "| workload | pin |");
     for s in systems.iter().filter(|s| **s != System::RawStd) {
         let _ = write!(o, " {} |", s.name());
@@ -129,14 +135,19 @@ pub fn run(args: SweepArgs) -> ExitCode {
     for (k, knobs) in knob_sets.iter().enumerate().skip(1) {
         let name = knob_name(knobs);
         let mine: Vec<_> = effects.iter().filter(|e| e.0 == name).collect();
-        let big: Vec<_> = mine.iter().filter(|e| (e.4 - 1.0).abs() >= 0.15 || (e.5 - 1.0).abs() >= 0.15).collect();
+        let big: Vec<_> =
+            mine.iter().filter(|e| (e.4 - 1.0).abs() >= 0.15 || (e.5 - 1.0).abs() >= 0.15).collect();
         let _ = writeln!(o, "### {name}\n");
         if big.is_empty() {
             let _ = writeln!(
                 o,
                 "No effect beyond 15% in any of the {} cases measured (largest rate change {:.2}x).\n",
                 mine.len(),
-                mine.iter().map(|e| e.4).fold(1.0, |m: f64, r| if (r - 1.0).abs() > (m - 1.0).abs() { r } else { m })
+                mine.iter().map(|e| e.4).fold(1.0, |m: f64, r| if (r - 1.0).abs() > (m - 1.0).abs() {
+                    r
+                } else {
+                    m
+                })
             );
         } else {
             let _ = writeln!(o, "Changes beyond 15% in {} of {} cases:\n", big.len(), mine.len());
@@ -177,7 +188,10 @@ pub fn run(args: SweepArgs) -> ExitCode {
         let _ = writeln!(o);
     }
     let _ = writeln!(o, "## Absolute figures\n");
-    let _ = writeln!(o, "| workload | pin | knobs | system | calls/s | p50 us | p99 us | writes/msg | CPU us/msg |");
+    let _ = writeln!(
+        o,
+        "| workload | pin | knobs | system | calls/s | p50 us | p99 us | writes/msg | CPU us/msg |"
+    );
     let _ = writeln!(o, "|---|---|---|---|--:|--:|--:|--:|--:|");
     for (k, s) in &results.series {
         let f = figures(s, k.workload.size);

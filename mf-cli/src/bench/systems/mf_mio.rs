@@ -77,7 +77,13 @@ fn call(c: &Client, bodies: &Bodies, i: u64) -> Result<(), String> {
 }
 
 /// Run workload `w` against `addr`.
-pub fn run(addr: SocketAddr, knobs: &Knobs, w: &Workload, budget: &Budget, meter: &Meter) -> Result<ClientRun, String> {
+pub fn run(
+    addr: SocketAddr,
+    knobs: &Knobs,
+    w: &Workload,
+    budget: &Budget,
+    meter: &Meter,
+) -> Result<ClientRun, String> {
     let bodies = Bodies::new(w.size);
     let io = ClientsIo::default();
     let client_io = || io.snapshot();
@@ -110,7 +116,8 @@ pub fn run(addr: SocketAddr, knobs: &Knobs, w: &Workload, budget: &Budget, meter
                 while p.may_start() {
                     let i = p.next;
                     pending.push_back(
-                        c.call_start(bodies.body(i).clone(), None).map_err(|e| format!("mf-mio call_start: {e}"))?,
+                        c.call_start(bodies.body(i).clone(), None)
+                            .map_err(|e| format!("mf-mio call_start: {e}"))?,
                     );
                     p.started();
                 }

@@ -6,8 +6,8 @@ use crate::bench::systems::raw_tokio::{runtime, spawn_server};
 use crate::bench::systems::transport::{CountingConnector, CountingListener};
 use crate::bench::systems::{ClientRun, Knobs, Meter, Pipeline, ServerHandle, async_calls};
 use crate::bench::workloads::{Bodies, Budget, Kind, Workload};
-use mf_driver_tokio::{Client, ClientOptions, PendingCall, Request, SendError, Server, ServerOptions};
 use futures_util::FutureExt;
+use mf_driver_tokio::{Client, ClientOptions, PendingCall, Request, SendError, Server, ServerOptions};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +51,13 @@ async fn call(c: &Client, bodies: &Bodies, i: u64) -> Result<(), String> {
 }
 
 /// Run workload `w` against `addr`.
-pub fn run(addr: SocketAddr, knobs: &Knobs, w: &Workload, budget: &Budget, meter: &Meter) -> Result<ClientRun, String> {
+pub fn run(
+    addr: SocketAddr,
+    knobs: &Knobs,
+    w: &Workload,
+    budget: &Budget,
+    meter: &Meter,
+) -> Result<ClientRun, String> {
     let bodies = Bodies::new(w.size);
     let io = IoCounters::shared();
     let connector = CountingConnector::new(addr, *knobs, io.clone());
@@ -71,12 +77,19 @@ pub fn run(addr: SocketAddr, knobs: &Knobs, w: &Workload, budget: &Budget, meter
                 .await
             }
             Kind::ShortConn => {
-                async_calls(1, budget, meter, &client_io, async |_| Ok(()), async |_: &mut (), i| {
-                    let c = connect(&connector).await?;
-                    let r = call(&c, &bodies, i).await;
-                    c.close().await;
-                    r
-                })
+                async_calls(
+                    1,
+                    budget,
+                    meter,
+                    &client_io,
+                    async |_| Ok(()),
+                    async |_: &mut (), i| {
+                        let c = connect(&connector).await?;
+                        let r = call(&c, &bodies, i).await;
+                        c.close().await;
+                        r
+                    },
+                )
                 .await
             }
             Kind::Pipeline => {

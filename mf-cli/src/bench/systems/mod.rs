@@ -215,7 +215,12 @@ pub struct Phases {
 
 impl Phases {
     fn new(n: usize) -> Phases {
-        Phases { warm: Barrier::new(n), start: Mutex::new(None), measured: Barrier::new(n), done: Barrier::new(n) }
+        Phases {
+            warm: Barrier::new(n),
+            start: Mutex::new(None),
+            measured: Barrier::new(n),
+            done: Barrier::new(n),
+        }
     }
 }
 
@@ -286,7 +291,9 @@ pub fn sync_calls<C>(
     } else {
         std::thread::scope(|s| {
             let hs: Vec<_> = (0..conns).map(|k| s.spawn(move || one(k))).collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("client thread panicked".into()))).collect()
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("client thread panicked".into())))
+                .collect()
         })
     };
     merge(runs)

@@ -110,7 +110,11 @@ impl FrameReader {
 }
 
 /// `write_all` of several slices with `writev`, counting each call.
-pub fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>], io: &IoCounters) -> io::Result<()> {
+pub fn write_all_vectored(
+    w: &mut impl Write,
+    mut bufs: &mut [IoSlice<'_>],
+    io: &IoCounters,
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         io.wrote();
@@ -225,19 +229,22 @@ fn call(c: &mut Conn, bodies: &Bodies, i: u64, io: &IoCounters) -> Result<(), St
 }
 
 /// Run workload `w` against `addr`.
-pub fn run(addr: SocketAddr, knobs: &Knobs, w: &Workload, budget: &Budget, meter: &Meter) -> Result<ClientRun, String> {
+pub fn run(
+    addr: SocketAddr,
+    knobs: &Knobs,
+    w: &Workload,
+    budget: &Budget,
+    meter: &Meter,
+) -> Result<ClientRun, String> {
     let bodies = Bodies::new(w.size);
     let io = IoCounters::shared();
     let client_io = || io.snapshot();
     match w.kind {
-        Kind::PingPong | Kind::Large | Kind::FanIn => sync_calls(
-            w.connections(),
-            budget,
-            meter,
-            &client_io,
-            &|_| open(addr, knobs),
-            &|c, i| call(c, &bodies, i, &io),
-        ),
+        Kind::PingPong | Kind::Large | Kind::FanIn => {
+            sync_calls(w.connections(), budget, meter, &client_io, &|_| open(addr, knobs), &|c, i| {
+                call(c, &bodies, i, &io)
+            })
+        }
         Kind::ShortConn => sync_calls(1, budget, meter, &client_io, &|_| Ok(()), &|_, i| {
             let mut c = open(addr, knobs)?;
             call(&mut c, &bodies, i, &io)

@@ -146,7 +146,13 @@ async fn call(c: &mut Conn, bodies: &Bodies, i: u64) -> Result<(), String> {
 }
 
 /// Run workload `w` against `addr`.
-pub fn run(addr: SocketAddr, knobs: &Knobs, w: &Workload, budget: &Budget, meter: &Meter) -> Result<ClientRun, String> {
+pub fn run(
+    addr: SocketAddr,
+    knobs: &Knobs,
+    w: &Workload,
+    budget: &Budget,
+    meter: &Meter,
+) -> Result<ClientRun, String> {
     let bodies = Bodies::new(w.size);
     let io = IoCounters::shared();
     let connector = CountingConnector::new(addr, *knobs, io.clone());
@@ -166,10 +172,17 @@ pub fn run(addr: SocketAddr, knobs: &Knobs, w: &Workload, budget: &Budget, meter
                 .await
             }
             Kind::ShortConn => {
-                async_calls(1, budget, meter, &client_io, async |_| Ok(()), async |_: &mut (), i| {
-                    let mut c = open(&connector).await?;
-                    call(&mut c, &bodies, i).await
-                })
+                async_calls(
+                    1,
+                    budget,
+                    meter,
+                    &client_io,
+                    async |_| Ok(()),
+                    async |_: &mut (), i| {
+                        let mut c = open(&connector).await?;
+                        call(&mut c, &bodies, i).await
+                    },
+                )
                 .await
             }
             Kind::Pipeline => {

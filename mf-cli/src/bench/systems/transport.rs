@@ -41,7 +41,13 @@ pub struct Knobs {
 
 impl Default for Knobs {
     fn default() -> Self {
-        Knobs { nodelay: true, quickack: false, send_buffer_bytes: None, recv_buffer_bytes: None, batching: true }
+        Knobs {
+            nodelay: true,
+            quickack: false,
+            send_buffer_bytes: None,
+            recv_buffer_bytes: None,
+            batching: true,
+        }
     }
 }
 
