@@ -5,26 +5,29 @@
 //! completion slots of calls and receipts, and the lists of parked threads.
 //! Application threads do their own I/O: a `call` queues the request, runs
 //! the core's `poll_transmit` and writes the socket itself (one `writev`),
-//! so a request leaves without waking any other thread. One background I/O
-//! thread per client waits in a mio `Poll` for socket readiness, the core's
-//! timers and reconnects; it reads, feeds the core, and unparks exactly the
-//! threads whose call, receipt or inbox changed.
+//! so a request leaves without waking any other thread, and the thread that
+//! waits for the response reads it itself. The process-wide
+//! [reactor](crate::reactor) thread waits for socket readiness, the core's
+//! timers and reconnects of every client; it reads when no caller does,
+//! feeds the core, and unparks exactly the threads whose call, receipt or
+//! inbox changed.
 
 use crate::config::{ClientConfig, TcpOptions, os_seed};
 use crate::error::Error;
 use crate::io::{IoStats, ReadOutcome, Wrote, connect_finished, read_once, start_connect, write_once};
+use crate::reactor::{self, Reactor};
 use crate::sync::{Mutex, MutexGuard, lock};
 use crate::waiters::{Slots, Until, WaitList, wait_until};
 use bytes::Bytes;
 use mf_core::{ClientState, CloseReason, Event, FailReason, Failure, Fate, Incoming, Instant, MsgId, ReqId};
 use mf_core::{SendError, Stats, TransmitBuf};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-const WAKER: Token = Token(0);
 /// Bytes read per `read` call.
 const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Reads per readiness event before yielding to timers and writers.
@@ -34,10 +37,13 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// Rounds of transmit/events per pump (each round drains everything ready;
 /// more rounds only happen while events keep producing output).
 const PUMP_ROUNDS_MAX: usize = 64;
-/// How late the I/O thread may run a timer: callers do not wake it for a
-/// deadline less than this before its planned wake-up. Also the interval at
-/// which it re-checks timers while traffic flows.
-const TIMER_SLACK_MS: u64 = 1;
+/// While traffic flows, the reactor visits a client at least this often
+/// (acknowledgement delay, batched writes), so callers need not wake it for
+/// each such deadline.
+const TICK_MS: u64 = 1;
+/// A leader re-checks its state at least this often, whatever happens to
+/// its socket.
+const LEADER_SLICE_MS: u64 = 50;
 
 /// A message received from the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,14 +68,18 @@ pub struct ClientStats {
 }
 
 struct Conn {
-    stream: mio::net::TcpStream,
+    /// Shared with a leader polling it, so the descriptor stays open (and
+    /// is not reused) until the leader is done with it.
+    stream: Arc<mio::net::TcpStream>,
     token: Token,
     /// Non-blocking connect in progress, to give up at this time.
     connecting: Option<Instant>,
     /// The last write would have blocked: wait for WRITABLE.
     blocked: bool,
-    /// Registered in the leader's poller.
-    leader_registered: bool,
+    /// What the reactor's poller watches for now (`None`: not registered).
+    /// Only what is needed: READABLE unless a caller leads, WRITABLE only
+    /// while connecting or blocked, so no readiness edge wakes it for nothing.
+    interest: Option<Interest>,
 }
 
 struct Env {
@@ -77,26 +87,23 @@ struct Env {
     batch_us: u64,
     /// See `ClientConfig::caller_reads`.
     caller_reads: bool,
-    /// The leader's own poller (see [`LeaderPoll`]) and how to wake it.
-    leader_registry: mio::Registry,
-    leader_waker: Waker,
-    registry: mio::Registry,
-    waker: Waker,
+    reactor: Arc<Reactor>,
+    /// This client's slot in the reactor.
+    slot: usize,
     addrs: Vec<SocketAddr>,
     tcp: TcpOptions,
-    epoch: std::time::Instant,
 }
 
 impl Env {
     fn now(&self) -> Instant {
-        Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
+        self.reactor.now()
     }
 }
 
 struct State {
     core: mf_core::Client,
     conn: Option<Conn>,
-    next_token: usize,
+    next_seq: u32,
     next_addr: usize,
     tx: TransmitBuf,
     rbuf: Vec<u8>,
@@ -111,10 +118,9 @@ struct State {
     ended: Option<CloseReason>,
     /// `close` was called: refuse new work with `Closed`.
     closing: bool,
-    /// When the I/O thread will wake by itself (`Instant::ZERO` while it is
-    /// awake and will recompute).
-    io_wake_at: Instant,
-    /// An application thread did something since the I/O thread last looked.
+    /// When the reactor will visit this client (`NEVER`: not scheduled).
+    scheduled_at: Instant,
+    /// An application thread did something since the reactor last visited.
     active: bool,
     /// The last read filled the buffer: read again without waiting.
     read_more: bool,
@@ -124,12 +130,10 @@ struct State {
     last_write_at: Instant,
     /// Output is being held back for a batch; it must leave by this time.
     flush_at: Option<Instant>,
-    /// A caller is reading the socket itself (see [`LeaderPoll`]).
+    /// A caller is reading the socket itself (see `Shared::wait_call`).
     leading: bool,
-    /// The leader has been woken since it started waiting.
-    leader_kicked: bool,
-    /// The I/O thread's poller watches the socket for READABLE. Cleared
-    /// while callers lead; restored when nobody leads (see `io_loop`).
+    /// The reactor watches the socket for READABLE. Cleared while callers
+    /// lead; restored when nobody leads (at the reactor's next visit).
     io_reads: bool,
 }
 
@@ -146,28 +150,12 @@ enum Flush {
 pub(crate) struct Shared {
     st: Mutex<State>,
     env: Env,
-    /// The I/O thread, started by the first operation that leaves work in
-    /// the background (so a connect-call-close client never pays for it).
-    io_thread: std::sync::Mutex<IoThread>,
-    io_started: std::sync::atomic::AtomicBool,
-    leader: std::sync::Mutex<LeaderPoll>,
 }
 
-enum IoThread {
-    NotStarted(Poll),
-    Running(#[allow(dead_code)] JoinHandle<()>),
-    Failed,
-}
-
-/// The caller that waits for a response reads the socket itself (it is the
-/// "leader"), so the response needs no wake-up hop through the I/O thread.
-/// The leader waits in this second poller, where the socket is registered
-/// for READABLE beside a waker; the I/O thread leaves reading to it while
-/// it leads. One leader at a time; other waiters park as usual and are
-/// unparked by whoever reads their response.
-struct LeaderPoll {
-    poll: Poll,
-    events: Events,
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.env.reactor.remove(self.env.slot);
+    }
 }
 
 /// Dropped with the last [`Client`] clone: starts a graceful close in the
@@ -183,13 +171,8 @@ impl Drop for Handle {
         st.closing = true;
         st.core.close(now);
         st.pump(&self.sh.env, now, Flush::Now);
-        let ended = st.ended.is_some();
-        drop(st);
-        if !ended {
-            // Drain in the background.
-            self.sh.ensure_io();
-        }
-        let _ = self.sh.env.waker.wake();
+        // Drain in the background (the reactor runs the close timer).
+        st.schedule(&self.sh.env, now);
     }
 }
 
@@ -251,26 +234,14 @@ impl Client {
         };
         let core = mf_core::Client::new(config.protocol.clone(), seed)?;
         let connect_timeout = Duration::from_millis(config.protocol.handshake_timeout_ms);
-        let poll = Poll::new()?;
-        let leader_poll = Poll::new()?;
-        let env = Env {
-            batch_us: config.write_batch_us,
-            caller_reads: config.caller_reads && cfg!(unix),
-            leader_registry: leader_poll.registry().try_clone()?,
-            leader_waker: Waker::new(leader_poll.registry(), WAKER)?,
-            registry: poll.registry().try_clone()?,
-            waker: Waker::new(poll.registry(), WAKER)?,
-            addrs,
-            tcp: config.tcp,
-            epoch: std::time::Instant::now(),
-        };
         // The first connection is made here, blocking, so a wrong address
         // fails at once instead of after the resume timeout.
-        let (stream, next_addr) = first_connect(&env, connect_timeout)?;
-        let mut st = State {
+        let (stream, next_addr) = first_connect(&addrs, &config.tcp, connect_timeout)?;
+        let reactor = reactor::get()?;
+        let st = State {
             core,
             conn: None,
-            next_token: 1,
+            next_seq: 0,
             next_addr,
             tx: TransmitBuf::new(),
             rbuf: vec![0; READ_BUFFER_BYTES],
@@ -281,7 +252,7 @@ impl Client {
             closers: WaitList::default(),
             ended: None,
             closing: false,
-            io_wake_at: Instant::ZERO,
+            scheduled_at: Instant::NEVER,
             active: true,
             read_more: false,
             stats: IoStats::default(),
@@ -289,25 +260,34 @@ impl Client {
             last_write_at: Instant::ZERO,
             flush_at: None,
             leading: false,
-            leader_kicked: false,
             io_reads: true,
         };
-        let token = st.token();
-        let mut stream = stream;
-        env.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
-        st.conn = Some(Conn { stream, token, connecting: None, blocked: false, leader_registered: false });
-        st.stats.connections += 1;
-        // The HELLO is not written yet: it waits (up to the timer slack) for
-        // the first message, so both leave in one write.
-        st.core.connected(env.now());
-        st.register_leader(&env);
-        let sh = Arc::new(Shared {
-            st: Mutex::new(st),
-            env,
-            io_thread: std::sync::Mutex::new(IoThread::NotStarted(poll)),
-            io_started: std::sync::atomic::AtomicBool::new(false),
-            leader: std::sync::Mutex::new(LeaderPoll { poll: leader_poll, events: Events::with_capacity(4) }),
+        let sh = Arc::new_cyclic(|weak| {
+            let slot = reactor.add(weak.clone());
+            let env = Env {
+                batch_us: config.write_batch_us,
+                caller_reads: config.caller_reads,
+                reactor,
+                slot,
+                addrs,
+                tcp: config.tcp,
+            };
+            Shared { st: Mutex::new(st), env }
         });
+        {
+            let env = &sh.env;
+            let mut st = lock(&sh.st);
+            let token = st.token(env);
+            let stream = Arc::new(stream);
+            st.conn = Some(Conn { stream, token, connecting: None, blocked: false, interest: None });
+            st.sync_interest(env)?;
+            st.stats.connections += 1;
+            // The HELLO is not written yet: it leaves with the first
+            // message, in one write (or at the reactor's first visit).
+            let now = env.now();
+            st.core.connected(now);
+            st.schedule(env, now);
+        }
         Ok(Client { h: Arc::new(Handle { sh }) })
     }
 
@@ -390,7 +370,7 @@ impl Client {
 
     /// Close gracefully: no new work; wait until every sent message has its
     /// receipt and every call its answer (at most `close_timeout_ms`), say
-    /// goodbye to the server, and stop the I/O thread. `Ok` if the session
+    /// goodbye to the server. `Ok` if the session
     /// ended by this close; `Error::SessionLost` if it had ended otherwise.
     pub fn close(&self) -> Result<(), Error> {
         self.sh().close()
@@ -416,12 +396,11 @@ impl Client {
     /// session resumes on a new one). For fault-injection tests and demos.
     pub fn disconnect(&self) {
         let sh = self.sh();
-        sh.ensure_io();
         let mut st = lock(&sh.st);
         let now = sh.env.now();
         st.lose_conn(&sh.env, now);
         st.pump(&sh.env, now, Flush::Now);
-        st.wake_io_if_needed(&sh.env, now);
+        st.schedule(&sh.env, now);
     }
 }
 
@@ -507,7 +486,7 @@ impl Drop for PendingCall {
             if st.core.cancel(self.id) {
                 let now = self.sh.env.now();
                 st.pump(&self.sh.env, now, Flush::Batch);
-                st.wake_io_if_needed(&self.sh.env, now);
+                st.schedule(&self.sh.env, now);
             }
         }
     }
@@ -578,11 +557,15 @@ impl std::fmt::Debug for Receipt {
     }
 }
 
-fn first_connect(env: &Env, timeout: Duration) -> Result<(mio::net::TcpStream, usize), Error> {
+fn first_connect(
+    addrs: &[SocketAddr],
+    tcp: &TcpOptions,
+    timeout: Duration,
+) -> Result<(mio::net::TcpStream, usize), Error> {
     let mut last = None;
-    for (i, addr) in env.addrs.iter().enumerate() {
+    for (i, addr) in addrs.iter().enumerate() {
         let s = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
-        env.tcp.apply(socket2::SockRef::from(&s))?;
+        tcp.apply(socket2::SockRef::from(&s))?;
         match s.connect_timeout(&(*addr).into(), timeout) {
             Ok(()) => {
                 s.set_nonblocking(true)?;
@@ -599,36 +582,6 @@ fn lost(reason: CloseReason, fate: Fate) -> Failure {
 }
 
 impl Shared {
-    /// Start the I/O thread if it is not running yet.
-    fn ensure_io(self: &Arc<Self>) {
-        if self.io_started.load(std::sync::atomic::Ordering::Acquire) {
-            return;
-        }
-        let mut io = self.io_thread.lock().unwrap_or_else(|p| p.into_inner());
-        if let IoThread::NotStarted(_) = &*io {
-            let IoThread::NotStarted(poll) = std::mem::replace(&mut *io, IoThread::Failed) else { return };
-            let sh = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("mf-client-io".into())
-                .stack_size(256 << 10)
-                .spawn(move || io_loop(sh, poll));
-            match spawned {
-                Ok(t) => *io = IoThread::Running(t),
-                Err(_) => {
-                    // No thread: the session cannot run its timers. End it
-                    // explicitly rather than let waits hang.
-                    drop(io);
-                    let mut st = lock(&self.st);
-                    let now = self.env.now();
-                    st.closing = true;
-                    st.core.close(now);
-                    st.pump(&self.env, now, Flush::Now);
-                }
-            }
-        }
-        self.io_started.store(true, std::sync::atomic::Ordering::Release);
-    }
-
     /// Wait for send-queue room while the core refuses with `Full`.
     fn submit<T>(
         &self,
@@ -690,10 +643,8 @@ impl Shared {
         let now = self.env.now();
         g.active = true;
         g.pump(&self.env, now, flush);
-        g.wake_io_if_needed(&self.env, now);
+        g.schedule(&self.env, now);
         drop(g);
-        // Started while the request is in flight, off the response's path.
-        self.ensure_io();
         Ok(PendingCall { sh: self.clone(), id, done: false })
     }
 
@@ -712,11 +663,14 @@ impl Shared {
             if left == Some(Duration::ZERO) {
                 return None;
             }
-            let conn = g.conn.as_ref().filter(|c| c.leader_registered && c.connecting.is_none());
-            if let Some(token) = conn.map(|c| c.token).filter(|_| env.caller_reads && !g.leading) {
-                // Lead: wait for the socket (or a deadline) ourselves.
+            let conn = g.conn.as_ref().filter(|c| c.connecting.is_none());
+            let lead = conn.map(|c| (c.token, c.stream.clone())).filter(|_| env.caller_reads && !g.leading);
+            if let Some((token, stream)) = lead {
+                // Lead: wait for the socket (or a deadline) ourselves, so the
+                // response wakes this thread directly. Whoever drops the
+                // connection meanwhile shuts the socket down, which ends the
+                // wait; the slice bounds it regardless.
                 g.leading = true;
-                g.leader_kicked = false;
                 g.set_io_reads(env, false);
                 let now = env.now();
                 let d = g.next_deadline();
@@ -725,33 +679,25 @@ impl Shared {
                     timeout = Some(timeout.map_or(l, |t| t.min(l)));
                 }
                 drop(g);
-                {
-                    let mut lp = self.leader.lock().unwrap_or_else(|p| p.into_inner());
-                    let LeaderPoll { poll, events } = &mut *lp;
-                    // An error (EINTR) only means one more round.
-                    let _ = poll.poll(events, timeout);
-                }
+                wait_readable(&stream, timeout);
+                drop(stream);
                 g = lock(&self.st);
                 // Reading to the end under the lock, before giving up the
-                // lead, leaves nothing the I/O thread skipped meanwhile.
+                // lead, leaves nothing the reactor skipped meanwhile.
                 g.leading = false;
                 g.stats.leader_waits += 1;
                 let now = env.now();
                 if g.conn.as_ref().is_some_and(|c| c.token == token) {
                     g.read_all(env, now);
-                    if g.read_more {
-                        let _ = env.waker.wake();
-                    }
                 }
                 g.pump(env, now, Flush::Now);
                 if g.calls.has_waiters() || g.receipts.has_waiters() || !g.readers.is_empty() {
-                    // Others wait for the socket: the I/O thread reads for them.
+                    // Others wait for the socket: the reactor reads for them.
                     g.set_io_reads(env, true);
-                } else if g.io_wake_at > now.add_millis(TIMER_SLACK_MS) {
-                    // It restores its reads at its next wake-up: make that soon.
-                    g.io_wake_at = Instant::ZERO;
-                    let _ = env.waker.wake();
                 }
+                // Otherwise the reactor restores its reads at its next visit.
+                g.active = true;
+                g.schedule(env, now);
                 continue;
             }
             g.calls.register(id, crate::sync::current());
@@ -767,16 +713,14 @@ impl Shared {
         let now = self.env.now();
         g.active = true;
         g.pump(&self.env, now, Flush::Batch);
-        g.wake_io_if_needed(&self.env, now);
+        g.schedule(&self.env, now);
         drop(g);
-        self.ensure_io();
         // A receipt keeps the shared state alive, not the handle: a receipt
         // alone does not keep the session open.
         Ok(Receipt { sh: self.clone(), id })
     }
 
     fn recv(self: &Arc<Self>, until: Until) -> Result<Message, Error> {
-        self.ensure_io();
         let g = lock(&self.st);
         let (_g, r) = wait_until(
             &self.st,
@@ -788,7 +732,7 @@ impl Shared {
                     // Taking a message may release credit to the server.
                     st.active = true;
                     st.pump(&self.env, now, Flush::Batch);
-                    st.wake_io_if_needed(&self.env, now);
+                    st.schedule(&self.env, now);
                     let (channel, body) = match m {
                         Incoming::Message { channel, body } | Incoming::Request { channel, body, .. } => {
                             (channel, body)
@@ -813,11 +757,10 @@ impl Shared {
         g.closing = true;
         g.core.close(now);
         g.pump(&self.env, now, Flush::Now);
-        g.wake_io_if_needed(&self.env, now);
+        g.schedule(&self.env, now);
         if g.ended.is_none() {
             // Draining takes time (receipts, answers, the close timer).
             drop(g);
-            self.ensure_io();
             g = lock(&self.st);
         }
         let close_ms = g.core.config().close_timeout_ms;
@@ -835,9 +778,6 @@ impl Shared {
             |st, t| st.closers.add(t),
         );
         drop(g);
-        // The I/O thread exits by itself once the session has ended; wake it
-        // so it sees that now.
-        let _ = self.env.waker.wake();
         match r {
             Some(reason) if reason.code == mf_core::CloseCode::Normal => Ok(()),
             Some(reason) => Err(Error::SessionLost { reason, fate: Fate::Unknown, message: None }),
@@ -847,10 +787,9 @@ impl Shared {
 }
 
 impl State {
-    fn token(&mut self) -> Token {
-        let t = Token(self.next_token);
-        self.next_token = self.next_token.wrapping_add(1).max(1);
-        t
+    fn token(&mut self, env: &Env) -> Token {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        reactor::token(env.slot, self.next_seq)
     }
 
     /// The earliest time something must happen without socket input.
@@ -873,7 +812,7 @@ impl State {
         }
     }
 
-    /// Run the core's timers if any is due (any thread may; the I/O thread
+    /// Run the core's timers if any is due (any thread may; the reactor
     /// is only the one that waits for them).
     fn run_due_timers(&mut self, env: &Env) {
         let now = env.now();
@@ -893,17 +832,26 @@ impl State {
         }
     }
 
-    /// After an application thread changed deadlines: wake the I/O thread
-    /// only if it would otherwise sleep through one (by more than the slack).
-    fn wake_io_if_needed(&mut self, env: &Env, now: Instant) {
-        let d = self.next_deadline();
-        let late = d.add_millis(TIMER_SLACK_MS) < self.io_wake_at
-            || self.flush_at.is_some_and(|f| f < self.io_wake_at);
-        if (late && self.io_wake_at != Instant::ZERO) || self.ended.is_some() {
-            self.io_wake_at = Instant::ZERO;
-            let _ = env.waker.wake();
+    /// Ask the reactor to visit when something is next due: a core timer, a
+    /// pending connect's deadline, a batch's flush; within a tick while
+    /// traffic flows or while nobody watches the socket for reads.
+    fn schedule(&mut self, env: &Env, now: Instant) {
+        if self.ended.is_some() {
+            return;
         }
-        let _ = now;
+        let mut at = self.next_deadline();
+        if self.read_more {
+            at = now;
+        }
+        if self.active || (!self.io_reads && !self.leading) {
+            at = at.min(now.add_millis(TICK_MS));
+        }
+        if at < self.scheduled_at {
+            self.scheduled_at = at;
+            // A batch's flush is due on time; the core's timers tolerate slack.
+            let precise = self.flush_at == Some(at);
+            env.reactor.schedule(env.slot, at, precise);
+        }
     }
 
     /// The driver loop contract: drain transmit, then events, until quiet.
@@ -957,10 +905,13 @@ impl State {
                 return;
             }
             self.last_write_at = now;
-            match write_once(&c.stream, &mut self.tx, &mut self.stats) {
+            match write_once(&*c.stream, &mut self.tx, &mut self.stats) {
                 Ok(Wrote::Progress) => {}
                 Ok(Wrote::Blocked) => {
                     c.blocked = true;
+                    if self.sync_interest(env).is_err() {
+                        self.lose_conn(env, now);
+                    }
                     return;
                 }
                 Err(_) => {
@@ -984,7 +935,7 @@ impl State {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.connecting.is_none()) {
                     self.core.poll_transmit(now, &mut self.tx);
                     if !self.tx.is_empty() {
-                        let _ = write_once(&c.stream, &mut self.tx, &mut self.stats);
+                        let _ = write_once(&*c.stream, &mut self.tx, &mut self.stats);
                     }
                 }
                 self.drop_conn(env);
@@ -1001,7 +952,6 @@ impl State {
                 self.readers.wake_all();
                 self.senders.wake_all();
                 self.closers.wake_all();
-                let _ = env.waker.wake();
             }
             _ => {}
         }
@@ -1012,73 +962,71 @@ impl State {
         let addr = env.addrs[self.next_addr % env.addrs.len()];
         self.next_addr = self.next_addr.wrapping_add(1);
         let timeout_ms = self.core.config().handshake_timeout_ms;
-        let token = self.token();
-        let r = start_connect(addr, &env.tcp).and_then(|mut stream| {
-            env.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(stream)
-        });
-        match r {
+        let token = self.token(env);
+        match start_connect(addr, &env.tcp) {
             Ok(stream) => {
                 self.stats.connections += 1;
                 let at = now.add_millis(timeout_ms);
-                self.conn = Some(Conn {
-                    stream,
-                    token,
-                    connecting: Some(at),
-                    blocked: false,
-                    leader_registered: false,
-                });
+                let stream = Arc::new(stream);
+                self.conn =
+                    Some(Conn { stream, token, connecting: Some(at), blocked: false, interest: None });
+                if self.sync_interest(env).is_err() {
+                    self.drop_conn(env);
+                    self.core.connect_failed(now);
+                }
             }
             Err(_) => self.core.connect_failed(now),
         }
     }
 
-    /// Let callers lead on the current (established) connection.
-    fn register_leader(&mut self, env: &Env) {
-        #[cfg(unix)]
-        if let Some(c) = self.conn.as_mut().filter(|c| env.caller_reads && !c.leader_registered) {
-            use std::os::fd::AsRawFd;
-            let fd = c.stream.as_raw_fd();
-            let r = env.leader_registry.register(&mut mio::unix::SourceFd(&fd), c.token, Interest::READABLE);
-            c.leader_registered = r.is_ok();
-        }
-        let _ = env;
-    }
-
-    /// Watch (or stop watching) the socket for READABLE in the I/O thread.
+    /// Watch (or stop watching) the socket for READABLE in the reactor.
     fn set_io_reads(&mut self, env: &Env, on: bool) {
-        if self.io_reads == on {
-            return;
-        }
-        let Some(c) = self.conn.as_mut().filter(|c| c.connecting.is_none()) else { return };
-        let interest = if on { Interest::READABLE | Interest::WRITABLE } else { Interest::WRITABLE };
-        if env.registry.reregister(&mut c.stream, c.token, interest).is_ok() {
+        if self.io_reads != on {
             self.io_reads = on;
+            if self.sync_interest(env).is_err() {
+                let now = env.now();
+                self.lose_conn(env, now);
+            }
         }
     }
 
-    /// Wake a leader waiting in its poller (its connection went away, or
-    /// the session ended).
-    fn kick_leader(&mut self, env: &Env) {
-        if self.leading && !self.leader_kicked {
-            self.leader_kicked = true;
-            let _ = env.leader_waker.wake();
+    /// Make the reactor's registration match what the connection needs.
+    fn sync_interest(&mut self, env: &Env) -> std::io::Result<()> {
+        let io_reads = self.io_reads;
+        let Some(c) = self.conn.as_mut() else { return Ok(()) };
+        let want = match (c.connecting.is_some() || c.blocked, io_reads) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::WRITABLE),
+            (false, true) => Some(Interest::READABLE),
+            (false, false) => None,
+        };
+        if want == c.interest {
+            return Ok(());
         }
+        let fd = c.stream.as_raw_fd();
+        let registry = env.reactor.registry();
+        match (c.interest, want) {
+            (None, Some(i)) => registry.register(&mut SourceFd(&fd), c.token, i)?,
+            (Some(_), Some(i)) => registry.reregister(&mut SourceFd(&fd), c.token, i)?,
+            (Some(_), None) => registry.deregister(&mut SourceFd(&fd))?,
+            (None, None) => {}
+        }
+        c.interest = want;
+        Ok(())
     }
 
     /// Close the socket and forget its unsent bytes (the core resends what
     /// matters after the next connect).
     fn drop_conn(&mut self, env: &Env) {
         self.io_reads = true;
-        if let Some(mut c) = self.conn.take() {
-            let _ = env.registry.deregister(&mut c.stream);
-            #[cfg(unix)]
-            if c.leader_registered {
-                use std::os::fd::AsRawFd;
-                let fd = c.stream.as_raw_fd();
-                let _ = env.leader_registry.deregister(&mut mio::unix::SourceFd(&fd));
+        if let Some(c) = self.conn.take() {
+            if c.interest.is_some() {
+                let _ = env.reactor.registry().deregister(&mut SourceFd(&c.stream.as_raw_fd()));
             }
-            self.kick_leader(env);
+            if self.leading {
+                // Ends the leader's wait on this socket at once.
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            }
         }
         self.tx.clear();
         self.read_more = false;
@@ -1104,7 +1052,10 @@ impl State {
                 Ok(true) => {
                     c.connecting = None;
                     self.core.connected(now);
-                    self.register_leader(env);
+                    if self.sync_interest(env).is_err() {
+                        self.lose_conn(env, now);
+                        return;
+                    }
                 }
                 Ok(false) => return,
                 Err(_) => {
@@ -1115,8 +1066,12 @@ impl State {
             }
         }
         if writable {
-            if let Some(c) = self.conn.as_mut() {
+            if let Some(c) = self.conn.as_mut().filter(|c| c.blocked) {
                 c.blocked = false;
+                if self.sync_interest(env).is_err() {
+                    self.lose_conn(env, now);
+                    return;
+                }
             }
         }
         // While a caller leads, it reads (its poller saw this edge too).
@@ -1129,7 +1084,7 @@ impl State {
         self.read_more = false;
         for _ in 0..READS_PER_EVENT {
             let Some(c) = self.conn.as_mut().filter(|c| c.connecting.is_none()) else { return };
-            match read_once(&c.stream, &mut self.rbuf, &mut self.stats) {
+            match read_once(&*c.stream, &mut self.rbuf, &mut self.stats) {
                 ReadOutcome::Data(n) => {
                     self.core.handle_input(now, &self.rbuf[..n]);
                     if n < self.rbuf.len() {
@@ -1147,55 +1102,32 @@ impl State {
     }
 }
 
-/// The background thread: waits for readiness and timers, reads, runs the
-/// core's timers and reconnects. Exits once the session has ended.
-fn io_loop(sh: Arc<Shared>, mut poll: Poll) {
-    let mut events = Events::with_capacity(64);
-    let env = &sh.env;
-    loop {
-        let timeout = {
-            let mut st = lock(&sh.st);
-            if st.ended.is_some() {
-                return;
-            }
-            let now = env.now();
-            let mut d = st.next_deadline();
-            if st.read_more {
-                d = now;
-            }
-            if st.active {
-                // Traffic flows: look again soon (ack delay, the HELLO that
-                // waited for a first message) instead of being woken for it.
-                d = d.min(now.add_millis(TIMER_SLACK_MS));
-                st.active = false;
-            }
-            st.io_wake_at = d.max(now);
-            if d == Instant::NEVER { None } else { Some(d.saturating_since(now)) }
-        };
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                // The poller itself failed: nothing can wait for I/O any more.
-                let mut st = lock(&sh.st);
-                let now = env.now();
-                st.closing = true;
-                st.core.close(now);
-                st.pump(env, now, Flush::Now);
-                std::thread::sleep(Duration::from_millis(TIMER_SLACK_MS));
-                continue;
-            }
-        }
-        let mut st = lock(&sh.st);
-        st.io_wake_at = Instant::ZERO;
+/// Wait until `s` is readable (or hung up), at most `timeout` and at most
+/// one leader slice.
+fn wait_readable(s: &mio::net::TcpStream, timeout: Option<Duration>) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let slice = Duration::from_millis(LEADER_SLICE_MS);
+    let t = timeout.map_or(slice, |t| t.min(slice));
+    let ts = Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as _ };
+    let mut fds = [PollFd::new(s, PollFlags::IN)];
+    // EINTR or an error only means one more round of the caller's loop.
+    let _ = poll(&mut fds, Some(&ts));
+}
+
+impl Shared {
+    /// The reactor's visit: socket readiness (`ev`) or a due timer (`None`).
+    pub(crate) fn visit(&self, ev: Option<(Token, bool, bool)>) {
+        let env = &self.env;
+        let mut st = lock(&self.st);
         st.stats.wakeups += 1;
         let now = env.now();
-        let current = st.conn.as_ref().map(|c| c.token);
-        for ev in events.iter() {
-            if ev.token() == WAKER || Some(ev.token()) != current {
-                continue;
+        match ev {
+            Some((token, readable, writable)) => {
+                if st.conn.as_ref().is_some_and(|c| c.token == token) {
+                    st.on_socket(env, now, readable, writable);
+                }
             }
-            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-            let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-            st.on_socket(env, now, readable, writable);
+            None => st.scheduled_at = Instant::NEVER,
         }
         if !st.leading && !st.io_reads {
             // Nobody leads any more: read again (the re-registration reports
@@ -1206,7 +1138,10 @@ fn io_loop(sh: Arc<Shared>, mut poll: Poll) {
             st.read_all(env, now);
         }
         st.on_timers(env, now);
-        st.flush_at = None;
         st.pump(env, now, Flush::Now);
+        if ev.is_none() {
+            st.active = false;
+        }
+        st.schedule(env, now);
     }
 }

@@ -105,8 +105,8 @@ pub struct ClientConfig {
     /// message at once. Default 200.
     pub write_batch_us: u64,
     /// A thread waiting for its call's response reads the socket itself
-    /// when no other thread does, instead of being woken by the I/O thread
-    /// (one context switch less per call). Default on (Unix).
+    /// when no other thread does, instead of being woken by the reactor
+    /// thread (one context switch less per call). Default on.
     pub caller_reads: bool,
     /// Session seed; `None` (the default, and the only sane production
     /// choice) draws it from the operating system. Tests set it to replay.

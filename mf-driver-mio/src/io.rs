@@ -23,7 +23,7 @@ pub struct IoStats {
     pub bytes_read: u64,
     /// Bytes written.
     pub bytes_written: u64,
-    /// Times an event loop returned from `poll` (client: its I/O thread).
+    /// Event-loop visits: server, returns from `poll`; client, visits by the reactor thread.
     pub wakeups: u64,
     /// Connections opened (client) or accepted (server).
     pub connections: u64,

@@ -58,17 +58,20 @@
 //!
 //! ## Threads and the call path
 //!
-//! - **Client.** One lock-protected state per session and one background I/O
-//!   thread (a mio `Poll` over the socket, a waker and the core's timers:
-//!   keep-alive, idle, acknowledgement delay, reconnect), started by the
-//!   first operation (while its request is in flight) and ended with the
-//!   session. Application threads
+//! - **Client.** One lock-protected state per session. Application threads
 //!   do their own I/O: a `call` runs the core's `poll_transmit` and writes the
-//!   request itself (one `writev`), then, if no other thread is doing so, reads
-//!   the socket itself while it waits ("leader"), so a response wakes exactly
-//!   the thread that waits for it, with no hop through the I/O thread. While a
-//!   caller leads, the I/O thread's poller stops watching the socket for reads
-//!   (set [`ClientConfig::caller_reads`] to `false` to compare).
+//!   request itself (one `writev`), then, if no other thread is doing so,
+//!   reads the socket itself while it waits ("leader"), so a response wakes
+//!   exactly the thread that waits for it, with no hop through another
+//!   thread. One process-wide reactor thread (a mio `Poll` over every
+//!   client's socket and a min-heap of their timers) does the rest: reads
+//!   while no caller leads, the core's timers (keep-alive, idle,
+//!   acknowledgement delay, reconnect backoff), reconnects, and writes that
+//!   batching held back. A connect-call-close client therefore creates no
+//!   thread, and a thousand clients do not run a thousand threads. The
+//!   reactor watches a socket only for what is needed (READABLE unless a
+//!   caller leads, WRITABLE only while connecting or while a write is
+//!   blocked). Set [`ClientConfig::caller_reads`] to `false` to compare.
 //! - **Server.** N worker event loops (default: one per available core), each
 //!   with its own `SO_REUSEPORT` listener (socket2, backlog 4096), mio `Poll`,
 //!   read buffer and [`mf_core::Endpoint`]. A `serve` handler runs on the
@@ -117,14 +120,15 @@
 //! ## Shutdown
 //!
 //! [`Client::close`] drains (every message receipted, every call answered,
-//! within `close_timeout_ms`), says goodbye and stops the I/O thread;
-//! dropping the last clone starts the same close in the background.
+//! within `close_timeout_ms`) and says goodbye; dropping the last clone
+//! starts the same close in the background.
 //! [`Server::shutdown`] stops accepting, closes every session gracefully
 //! (each finishes or fails its in-flight work within `close_timeout_ms`)
 //! and joins the workers.
 //!
 //! ## Verification
 //!
+//! Unix only (the reactor registers raw descriptors, the leader polls one).
 //! The wake-up protocol (completion slots, wait lists, the pull-mode ready
 //! signal, the shutdown flag) is modelled with loom:
 //! `RUSTFLAGS="--cfg loom" cargo test --release -p mf-driver-mio loom`. The
@@ -138,6 +142,7 @@ mod client;
 mod config;
 mod error;
 mod io;
+mod reactor;
 mod server;
 mod sync;
 mod waiters;
