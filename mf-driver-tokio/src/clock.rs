@@ -18,17 +18,17 @@ impl Clock {
     }
 
     /// Now, for the core.
-    pub(crate) fn now(&self) -> mf_core::Instant {
+    pub(crate) fn now(self) -> mf_core::Instant {
         self.to_core(tokio::time::Instant::now())
     }
 
-    pub(crate) fn to_core(&self, t: tokio::time::Instant) -> mf_core::Instant {
+    pub(crate) fn to_core(self, t: tokio::time::Instant) -> mf_core::Instant {
         let us = t.saturating_duration_since(self.start).as_micros();
         mf_core::Instant::from_micros(u64::try_from(us).unwrap_or(u64::MAX - 1))
     }
 
     /// A core instant on tokio's clock (far future for `NEVER`).
-    pub(crate) fn to_tokio(&self, t: mf_core::Instant) -> tokio::time::Instant {
+    pub(crate) fn to_tokio(self, t: mf_core::Instant) -> tokio::time::Instant {
         // Clamp "never" to a year: far enough, and no overflow.
         let us = t.as_micros().min(365 * 24 * 3600 * 1_000_000);
         self.start + Duration::from_micros(us)

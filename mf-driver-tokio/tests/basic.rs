@@ -1,6 +1,9 @@
 //! Client and server over loopback TCP: calls, messages, receipts,
 //! backpressure, server-to-client messages, shutdown.
 
+// `Config` is non_exhaustive: it can only be built by default and assignment.
+#![allow(clippy::field_reassign_with_default)]
+
 use bytes::Bytes;
 use mf_driver_tokio::transport::{TcpConnector, TcpListener};
 use mf_driver_tokio::{

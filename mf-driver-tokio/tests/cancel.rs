@@ -1,6 +1,9 @@
 //! Cancel safety, method by method: dropping a future at any point loses
 //! nothing and duplicates nothing.
 
+// `Config` is non_exhaustive: it can only be built by default and assignment.
+#![allow(clippy::field_reassign_with_default)]
+
 use bytes::Bytes;
 use mf_core::testing::checker::{Checker, Kind, payload, response_for};
 use mf_driver_tokio::transport::{TcpConnector, TcpListener};

@@ -68,9 +68,10 @@ fn tokio_client_against_mio_server_through_cuts() {
     let cuts = cutter(proxy.clone(), 12, Duration::from_millis(30));
     let connects = rt.block_on(async {
         let options = tokio_drv::ClientOptions::new(protocol()).with_seed(seed_from_u64(2));
-        let client = tokio_drv::Client::connect(tokio_drv::transport::TcpConnector::new(proxy.addr()), options)
-            .await
-            .unwrap();
+        let client =
+            tokio_drv::Client::connect(tokio_drv::transport::TcpConnector::new(proxy.addr()), options)
+                .await
+                .unwrap();
         let mut waiters = Vec::new();
         for seq in 0..600u64 {
             let channel = (seq % 4) as u16;
@@ -83,7 +84,9 @@ fn tokio_client_against_mio_server_through_cuts() {
                 let pending = loop {
                     match client.try_call(channel, body.clone(), None) {
                         Ok(p) => break p,
-                        Err(tokio_drv::SendError::Full(_)) => tokio::time::sleep(Duration::from_millis(1)).await,
+                        Err(tokio_drv::SendError::Full(_)) => {
+                            tokio::time::sleep(Duration::from_millis(1)).await
+                        }
                         Err(e) => panic!("call {seq}: {e}"),
                     }
                 };
@@ -193,7 +196,13 @@ fn mio_client_against_tokio_server_through_cuts() {
             for seq in 0..200u64 {
                 let channel = (seq % 2) as u16;
                 checker.lock().unwrap().called(1, seq, channel);
-                let r = client.channel(channel).call(payload(Kind::Request, 1, seq, channel, (seq % 30) as usize));
+                let r = client.channel(channel).call(payload(
+                    Kind::Request,
+                    1,
+                    seq,
+                    channel,
+                    (seq % 30) as usize,
+                ));
                 let mut c = checker.lock().unwrap();
                 match r {
                     Ok(resp) => c.response(1, seq, &resp),
@@ -232,9 +241,10 @@ fn tokio_client_sees_a_restarted_mio_server_as_session_lost() {
     let rt = runtime();
     rt.block_on(async {
         let options = tokio_drv::ClientOptions::new(protocol()).with_seed(seed_from_u64(6));
-        let client = tokio_drv::Client::connect(tokio_drv::transport::TcpConnector::new(proxy.addr()), options)
-            .await
-            .unwrap();
+        let client =
+            tokio_drv::Client::connect(tokio_drv::transport::TcpConnector::new(proxy.addr()), options)
+                .await
+                .unwrap();
         // Nobody serves the first server: the call and the receipt stay pending.
         let call = client.try_call(0, "pending call", None).unwrap();
         let receipt = client.send(1, "pending message").await.unwrap();
