@@ -65,7 +65,6 @@ fn tokio_client_against_mio_server_through_cuts() {
     let stop = Arc::new(AtomicBool::new(false));
     let app = mio_app(server.clone(), checker.clone(), stop.clone());
     let rt = runtime();
-    let cuts = cutter(proxy.clone(), 12, Duration::from_millis(30));
     let connects = rt.block_on(async {
         let options = tokio_drv::ClientOptions::new(protocol()).with_seed(seed_from_u64(2));
         let client =
@@ -118,6 +117,11 @@ fn tokio_client_against_mio_server_through_cuts() {
             if seq % 16 == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            // Cut at fixed points of the workload, so the test does not
+            // depend on the machine's speed.
+            if seq % 50 == 25 {
+                proxy.cut_all();
+            }
         }
         for w in waiters {
             tokio::time::timeout(Duration::from_secs(30), w).await.expect("an outcome never came").unwrap();
@@ -127,7 +131,6 @@ fn tokio_client_against_mio_server_through_cuts() {
         client.close().await;
         connects
     });
-    cuts.join().unwrap();
     stop.store(true, Ordering::Release);
     app.join().unwrap();
     let summary = checker.lock().unwrap().finish().unwrap_or_else(|v| panic!("{v:#?}"));
@@ -165,14 +168,18 @@ fn mio_client_against_tokio_server_through_cuts() {
     config.protocol = protocol();
     config.seed = Some(seed_from_u64(4));
     let client = mio_drv::Client::connect(proxy.addr(), config).unwrap();
+    // Cuts at random moments, and at fixed points of the message workload.
     let cuts = cutter(proxy.clone(), 12, Duration::from_millis(30));
 
     // Messages from one thread (origin 0), calls from another (origin 1).
     let sender = thread::spawn({
-        let (client, checker) = (client.clone(), checker.clone());
+        let (client, checker, proxy) = (client.clone(), checker.clone(), proxy.clone());
         move || {
             let mut receipts = Vec::new();
             for seq in 0..400u64 {
+                if seq % 40 == 20 {
+                    proxy.cut_all();
+                }
                 let channel = (seq % 3) as u16;
                 let extra = if seq % 60 == 5 { 4000 } else { (seq % 40) as usize };
                 checker.lock().unwrap().sent(0, seq, channel);
