@@ -171,8 +171,12 @@ impl Drop for Handle {
         st.closing = true;
         st.core.close(now);
         st.pump(&self.sh.env, now, Flush::Now);
-        // Drain in the background (the reactor runs the close timer).
+        // Drain in the background: the reactor keeps the session alive
+        // until it has ended (within close_timeout_ms).
         st.schedule(&self.sh.env, now);
+        if st.ended.is_none() {
+            self.sh.env.reactor.hold(self.sh.env.slot, self.sh.clone());
+        }
     }
 }
 
@@ -944,6 +948,9 @@ impl State {
             Event::Reconnect => self.reconnect(env, now),
             Event::SessionEnded { reason } => {
                 self.ended = Some(reason);
+                // One more visit lets the reactor release a client it keeps
+                // alive for a background close.
+                env.reactor.schedule(env.slot, Instant::ZERO, false);
                 self.drop_conn(env);
                 // The core failed every pending item before this event; these
                 // only catch what a future core might not.
@@ -1116,7 +1123,8 @@ fn wait_readable(s: &mio::net::TcpStream, timeout: Option<Duration>) {
 
 impl Shared {
     /// The reactor's visit: socket readiness (`ev`) or a due timer (`None`).
-    pub(crate) fn visit(&self, ev: Option<(Token, bool, bool)>) {
+    /// True once the session has ended.
+    pub(crate) fn visit(&self, ev: Option<(Token, bool, bool)>) -> bool {
         let env = &self.env;
         let mut st = lock(&self.st);
         st.stats.wakeups += 1;
@@ -1143,5 +1151,6 @@ impl Shared {
             st.active = false;
         }
         st.schedule(env, now);
+        st.ended.is_some()
     }
 }

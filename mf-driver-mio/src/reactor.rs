@@ -31,6 +31,9 @@ pub(crate) const SLACK_US: u64 = 1_000;
 
 struct Slot {
     client: Weak<Shared>,
+    /// A strong reference while a client whose handles are all gone still
+    /// drains its session (graceful close in the background).
+    keep: Option<Arc<Shared>>,
     /// When this client wants its next visit (`Instant::NEVER`: none).
     at: Instant,
 }
@@ -100,7 +103,7 @@ impl Reactor {
     /// A slot for a new client.
     pub(crate) fn add(&self, client: Weak<Shared>) -> usize {
         let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = Slot { client, at: Instant::NEVER };
+        let slot = Slot { client, keep: None, at: Instant::NEVER };
         match t.free.pop() {
             Some(i) => {
                 t.slots[i] = Some(slot);
@@ -113,14 +116,35 @@ impl Reactor {
         }
     }
 
-    /// Forget a client (its last handle is gone).
-    pub(crate) fn remove(&self, slot: usize) {
+    /// Keep `client` alive until its session ends (its last handle is gone).
+    pub(crate) fn hold(&self, slot: usize, client: Arc<Shared>) {
         let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = t.slots.get_mut(slot) {
-            if s.take().is_some() {
+        if let Some(Some(s)) = t.slots.get_mut(slot) {
+            s.keep = Some(client);
+        }
+    }
+
+    /// The session of the client in `slot` ended: stop keeping it alive.
+    fn release(&self, slot: usize) {
+        let kept = {
+            let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            t.slots.get_mut(slot).and_then(|s| s.as_mut()).and_then(|s| s.keep.take())
+        };
+        // Dropped outside the lock: the client's drop takes it again.
+        drop(kept);
+    }
+
+    /// Forget a client (its last reference is gone).
+    pub(crate) fn remove(&self, slot: usize) {
+        let slot_taken = {
+            let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            let taken = t.slots.get_mut(slot).and_then(|s| s.take());
+            if taken.is_some() {
                 t.free.push(slot);
             }
-        }
+            taken
+        };
+        drop(slot_taken);
     }
 
     /// Visit `slot` at `at` (or earlier, if it already asked for earlier);
@@ -159,7 +183,7 @@ impl Reactor {
     }
 
     /// The next client whose visit is due at `now`, its entry cleared.
-    fn pop_due(&self, now: Instant) -> Option<Option<Arc<Shared>>> {
+    fn pop_due(&self, now: Instant) -> Option<(usize, Option<Arc<Shared>>)> {
         let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let &Reverse((at, slot)) = t.heap.peek()?;
@@ -172,7 +196,7 @@ impl Reactor {
                 continue; // superseded by an earlier request
             }
             s.at = Instant::NEVER;
-            return Some(s.client.upgrade());
+            return Some((slot, s.client.upgrade()));
         }
     }
 
@@ -207,16 +231,23 @@ impl Reactor {
                 if ev.token() == WAKER {
                     continue;
                 }
-                if let Some(c) = self.client(slot_of(ev.token())) {
+                let slot = slot_of(ev.token());
+                if let Some(c) = self.client(slot) {
                     let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                     let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                    c.visit(Some((ev.token(), readable, writable)));
+                    if c.visit(Some((ev.token(), readable, writable))) {
+                        drop(c);
+                        self.release(slot);
+                    }
                 }
             }
             let now = self.now();
-            while let Some(c) = self.pop_due(now) {
+            while let Some((slot, c)) = self.pop_due(now) {
                 if let Some(c) = c {
-                    c.visit(None);
+                    if c.visit(None) {
+                        drop(c);
+                        self.release(slot);
+                    }
                 }
             }
         }

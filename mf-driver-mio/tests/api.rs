@@ -233,3 +233,28 @@ fn many_threads_share_one_client() {
     server.shutdown();
     t.join().unwrap();
 }
+
+#[test]
+fn dropping_the_last_handle_still_delivers_queued_messages() {
+    let server = common::server(1);
+    let client = Client::connect(server.local_addr(), common::client_config(42)).unwrap();
+    // More than the server's credit window: most must wait for credit,
+    // after the last handle is gone.
+    let n = 3 * common::protocol().window_msgs_max as usize;
+    for i in 0..n {
+        drop(client.send(format!("m{i}")).unwrap());
+    }
+    drop(client);
+    for i in 0..n {
+        let m = server.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(m.body, format!("m{i}").as_bytes());
+    }
+    // With every receipt back, the background close ends the session (well
+    // before the server would expire it: session_linger_ms is 6 s).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.stats().sessions > 0 {
+        assert!(Instant::now() < deadline, "session not closed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.shutdown();
+}
