@@ -110,3 +110,31 @@ async fn try_send_hands_the_message_back_when_full() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// C8: connections past `connections_max` are closed at once, and a
+/// connection that never sends a HELLO is closed after the handshake timeout.
+#[tokio::test]
+async fn connection_limit_and_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (l, addr) = listener();
+    let mut options = ServerOptions::new(mf_core::testing::scenario::fast_config());
+    options.connections_max = 2;
+    let server = Server::start(l, options).unwrap();
+    let mut idle_a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _idle_b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    while server.connection_count() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.expect("not closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "the third connection must be closed");
+    // The idle ones are closed by the handshake timeout (400 ms), with a CLOSE frame.
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), idle_a.read_to_end(&mut got))
+        .await
+        .expect("idle kept open");
+    assert!(r.is_ok() || !got.is_empty());
+    assert!(!got.is_empty(), "a typed CLOSE frame comes before the end");
+    server.shutdown().await;
+}
