@@ -1,7 +1,8 @@
 //! Ping-pong latency, 64-byte request and response over loopback: this
 //! driver against the raw floor (blocking std::net, u32 length prefix,
 //! TCP_NODELAY), interleaved in rounds. A quick look, not the benchmark
-//! (`mf bench` is): `cargo run --release -p mf-driver-mio --example pingpong [rounds] [calls]`.
+//! (`mf bench` is): `cargo run --release -p mf-driver-mio --example pingpong [rounds] [calls]`
+//! (`MF_CALLER_READS=0` to compare with the reactor reading responses).
 
 use mf_driver_mio::{Client, ClientConfig, Server, ServerConfig};
 use std::io::{Read, Write};
@@ -54,7 +55,10 @@ fn main() {
     let server = Server::bind("127.0.0.1:0", sc).unwrap();
     let s2 = server.clone();
     std::thread::spawn(move || s2.serve(|req| req.body).unwrap());
-    let client = Client::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    let mut cc = ClientConfig::default();
+    // MF_CALLER_READS=0: the reactor thread reads responses (one more hop).
+    cc.caller_reads = std::env::var("MF_CALLER_READS").map_or(true, |v| v != "0");
+    let client = Client::connect(server.local_addr(), cc).unwrap();
     let mut raw = TcpStream::connect(raw_addr).unwrap();
     raw.set_nodelay(true).unwrap();
     let body = vec![7u8; 64];

@@ -171,3 +171,34 @@ pub(crate) fn os_seed() -> io::Result<[u8; 32]> {
     getrandom::fill(&mut s).map_err(|e| io::Error::other(format!("OS randomness unavailable: {e}")))?;
     Ok(s)
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Every option lands on the socket.
+    #[test]
+    fn tcp_options_are_applied() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut o = TcpOptions::default();
+        o.quickack = true;
+        o.send_buffer_bytes = Some(256 << 10);
+        o.recv_buffer_bytes = Some(128 << 10);
+        o.keepalive_ms = Some(30_000);
+        o.linger_ms = Some(2_000);
+        o.apply(SockRef::from(&s)).unwrap();
+        let r = SockRef::from(&s);
+        assert!(r.nodelay().unwrap());
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(r.linger().unwrap(), Some(Duration::from_secs(2)));
+        // The kernel may round buffer sizes up (Linux doubles them).
+        assert!(r.send_buffer_size().unwrap() >= 256 << 10);
+        assert!(r.recv_buffer_size().unwrap() >= 128 << 10);
+        let mut off = TcpOptions::default();
+        off.nodelay = false;
+        off.apply(SockRef::from(&s)).unwrap();
+        assert!(!SockRef::from(&s).nodelay().unwrap());
+    }
+}

@@ -102,3 +102,30 @@ fn silent_connection_times_out() {
     server.shutdown();
     t.join().unwrap();
 }
+
+/// The number of sessions is bounded (C8): one past `sessions_max` is
+/// refused with a typed reason, and the sessions within it carry on.
+#[test]
+fn sessions_beyond_the_limit_are_refused() {
+    let mut cfg = common::server_config(1);
+    cfg.protocol.sessions_max = 2;
+    let server = mf_driver_mio::Server::bind("127.0.0.1:0", cfg).unwrap();
+    let addr = server.local_addr();
+    let s2 = server.clone();
+    let t = std::thread::spawn(move || s2.serve(|req| req.body).unwrap());
+    let a = Client::connect(addr, common::client_config(61)).unwrap();
+    let b = Client::connect(addr, common::client_config(62)).unwrap();
+    assert_eq!(&a.call("a").unwrap()[..], b"a");
+    assert_eq!(&b.call("b").unwrap()[..], b"b");
+    let c = Client::connect(addr, common::client_config(63)).unwrap();
+    match c.call("c") {
+        Err(mf_driver_mio::Error::SessionLost { reason, .. }) => {
+            assert_eq!(reason.code, CloseCode::SessionLimit)
+        }
+        other => panic!("expected SessionLimit, got {other:?}"),
+    }
+    assert_eq!(&a.call("a again").unwrap()[..], b"a again");
+    assert_eq!(server.stats().sessions, 2);
+    server.shutdown();
+    t.join().unwrap();
+}
