@@ -181,12 +181,14 @@ mod tests {
     fn tcp_options_are_applied() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let mut o = TcpOptions::default();
-        o.quickack = true;
-        o.send_buffer_bytes = Some(256 << 10);
-        o.recv_buffer_bytes = Some(128 << 10);
-        o.keepalive_ms = Some(30_000);
-        o.linger_ms = Some(2_000);
+        let o = TcpOptions {
+            quickack: true,
+            send_buffer_bytes: Some(256 << 10),
+            recv_buffer_bytes: Some(128 << 10),
+            keepalive_ms: Some(30_000),
+            linger_ms: Some(2_000),
+            ..TcpOptions::default()
+        };
         o.apply(SockRef::from(&s)).unwrap();
         let r = SockRef::from(&s);
         assert!(r.nodelay().unwrap());
@@ -196,8 +198,7 @@ mod tests {
         // The kernel may round buffer sizes up (Linux doubles them).
         assert!(r.send_buffer_size().unwrap() >= 256 << 10);
         assert!(r.recv_buffer_size().unwrap() >= 128 << 10);
-        let mut off = TcpOptions::default();
-        off.nodelay = false;
+        let off = TcpOptions { nodelay: false, ..TcpOptions::default() };
         off.apply(SockRef::from(&s)).unwrap();
         assert!(!SockRef::from(&s).nodelay().unwrap());
     }
