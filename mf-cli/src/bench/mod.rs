@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Skip the size sweep.
     #[arg(long)]
     no_sizes: bool,
+    /// Only these workloads (e.g. W1,W2); the default is all five.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Option<Vec<String>>,
     /// Skip the short knob check (the full one is `mf bench sweep`).
     #[arg(long)]
     no_knobs: bool,
@@ -239,6 +242,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
             }
         }
     }
+    if let Some(only) = &args.workloads {
+        workloads.retain(|w| only.iter().any(|o| o.eq_ignore_ascii_case(w.kind.id())));
+    }
     let mut cases: Vec<Case> = Vec::new();
     for w in &workloads {
         for &pin in &pins {
@@ -250,6 +256,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
     if !args.no_knobs {
         for (k, _) in knob_sets.iter().enumerate().skip(1) {
             for w in [Workload::w1(64), Workload::w2(64), Workload::standard()[2]] {
+                if args
+                    .workloads
+                    .as_ref()
+                    .is_some_and(|o| !o.iter().any(|o| o.eq_ignore_ascii_case(w.kind.id())))
+                {
+                    continue;
+                }
                 cases.push(Case { workload: w, pin: pins[0], knobs: k });
             }
         }

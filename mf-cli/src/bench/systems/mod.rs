@@ -119,7 +119,9 @@ impl ServerHandle {
 
     /// Serve until the process ends.
     pub fn run_forever(mut self) -> ! {
-        self.stop = None;
+        // Dropping the stop closure could stop the server (it may own the
+        // last handle or a stop channel): keep it, never call it.
+        std::mem::forget(self.stop.take());
         loop {
             std::thread::park();
         }
@@ -432,11 +434,11 @@ impl<'a> Pipeline<'a> {
         let t = self.started.pop_front().map(|s| s.elapsed()).unwrap_or_default();
         self.done += 1;
         match self.measuring {
-            None if !self.stopping => {
-                if self.done >= self.budget.warmup_calls || Instant::now() > self.warm_until {
-                    self.meter.begin(client_io());
-                    self.measuring = Some((Instant::now(), self.done));
-                }
+            None if !self.stopping
+                && (self.done >= self.budget.warmup_calls || Instant::now() > self.warm_until) =>
+            {
+                self.meter.begin(client_io());
+                self.measuring = Some((Instant::now(), self.done));
             }
             Some((t0, done0)) => {
                 record(&mut self.hist, t);

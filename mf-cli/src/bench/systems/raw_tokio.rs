@@ -17,10 +17,13 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
+/// Stops a server thread and waits for it.
+pub type StopFn = Box<dyn FnOnce() + Send>;
+
 /// Run `serve_fn` on a new thread with its own runtime until the handle is
 /// dropped. `serve_fn` gets a receiver that fires at stop and returns the
 /// bound address through `ready`.
-pub fn spawn_server<F, Fut>(name: &str, serve_fn: F) -> Result<(SocketAddr, Box<dyn FnOnce() + Send>), String>
+pub fn spawn_server<F, Fut>(name: &str, serve_fn: F) -> Result<(SocketAddr, StopFn), String>
 where
     F: FnOnce(tokio::sync::oneshot::Receiver<()>, std::sync::mpsc::Sender<Result<SocketAddr, String>>) -> Fut
         + Send
