@@ -25,10 +25,10 @@ use crate::config::{ServerConfig, TcpOptions, os_seed};
 use crate::error::Error;
 use crate::io::{IoStats, ReadOutcome, Wrote, listen, read_once, write_once};
 use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, lock};
-use crate::waiters::{ReadySignal, Until};
+use crate::waiters::{ReadySignal, Slots, Until, wait_until};
 use bytes::Bytes;
 use mf_core::wire::{HANDSHAKE_BODY_LEN, HEADER_LEN, peek_hello};
-use mf_core::{ConnId, Endpoint, Event, Incoming, Instant, MsgId, ReqId, ServerEvent, SessionId};
+use mf_core::{ConnId, Endpoint, Event, Failure, Incoming, Instant, MsgId, ReqId, ServerEvent, SessionId};
 use mf_core::{TransmitBuf, seed_from_u64};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -196,6 +196,9 @@ struct WorkerState {
     /// Counters of ended sessions, so totals survive them.
     msgs_received_ended: u64,
     msgs_sent_ended: u64,
+    /// Outcomes of messages sent with [`Server::send`] whose receipt handle
+    /// is alive.
+    receipts: Slots<(SessionId, MsgId), Result<(), Failure>>,
 }
 
 struct Worker {
@@ -308,6 +311,7 @@ impl Server {
                 closes: BTreeMap::new(),
                 msgs_received_ended: 0,
                 msgs_sent_ended: 0,
+                receipts: Slots::new(),
             };
             workers.push(Arc::new(Worker {
                 idx,
@@ -419,12 +423,22 @@ impl Server {
     }
 
     /// Send a one-way message to a session's client. Refused (message
-    /// returned) if its queue is full or the session is over.
-    pub fn send(&self, session: SessionRef, channel: u16, body: impl Into<Bytes>) -> Result<MsgId, Error> {
+    /// returned) if its queue is full or the session is over. The receipt
+    /// tells when the client application has taken it (C4).
+    pub fn send(
+        &self,
+        session: SessionRef,
+        channel: u16,
+        body: impl Into<Bytes>,
+    ) -> Result<ServerReceipt, Error> {
         let body = body.into();
-        self.sh()
-            .with_worker(session, |st, now| st.ep.send(now, session.id, channel, body))
-            .map_err(|e| Error::from_send(e, None))
+        let id = self.sh().with_worker(session, |st, now| {
+            let id = st.ep.send(now, session.id, channel, body)?;
+            st.receipts.open((session.id, id));
+            Ok(id)
+        });
+        let id = id.map_err(|e| Error::from_send(e, None))?;
+        Ok(ServerReceipt { sh: self.sh().clone(), session, id })
     }
 
     /// Close one session gracefully.
@@ -568,6 +582,8 @@ impl ServerShared {
             }
             ServerEvent::Session { session, event } => match event {
                 Event::Readable if self.handler.get().is_none() => self.ready.notify(),
+                Event::Delivered(id) => st.receipts.complete((session, id), Ok(())),
+                Event::SendFailed { id, failure } => st.receipts.complete((session, id), Err(failure)),
                 Event::SessionEnded { .. } => {
                     if let Some(s) = st.ep.stats(session) {
                         st.msgs_received_ended += s.msgs_received;
@@ -584,6 +600,71 @@ impl ServerShared {
             },
             _ => {}
         }
+    }
+}
+
+/// The outcome of a message sent with [`Server::send`], to wait for or poll.
+/// Dropping it is fine: the message is still delivered.
+pub struct ServerReceipt {
+    sh: Arc<ServerShared>,
+    session: SessionRef,
+    id: MsgId,
+}
+
+impl ServerReceipt {
+    /// The message's id within its session.
+    pub fn id(&self) -> MsgId {
+        self.id
+    }
+
+    /// Wait until the client application has taken the message (`Ok`), or
+    /// the message failed (`Error::SessionLost` with its fate).
+    pub fn wait(self) -> Result<(), Error> {
+        self.wait_until(Until::Forever)
+    }
+
+    /// As [`ServerReceipt::wait`], giving up with `Error::Timeout` after
+    /// `timeout` (the receipt may still come later).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.wait_until(Until::after(Some(timeout)))
+    }
+
+    /// The outcome if it is known: `Some(Ok(()))` once delivered,
+    /// `Some(Err(failure))` if it failed, `None` while in flight.
+    pub fn poll(&self) -> Option<Result<(), Failure>> {
+        let w = &self.sh.workers[self.session.worker as usize];
+        lock(&w.st).receipts.peek((self.session.id, self.id)).copied()
+    }
+
+    fn wait_until(&self, until: Until) -> Result<(), Error> {
+        let w = &self.sh.workers[self.session.worker as usize];
+        let key = (self.session.id, self.id);
+        let g = lock(&w.st);
+        let (_g, r) = wait_until(
+            &w.st,
+            g,
+            until,
+            |st| st.receipts.peek(key).copied(),
+            |st, t| st.receipts.register(key, t),
+        );
+        match r {
+            None => Err(Error::Timeout),
+            Some(Ok(())) => Ok(()),
+            Some(Err(f)) => Err(Error::from_failure(f)),
+        }
+    }
+}
+
+impl Drop for ServerReceipt {
+    fn drop(&mut self) {
+        let w = &self.sh.workers[self.session.worker as usize];
+        lock(&w.st).receipts.remove((self.session.id, self.id));
+    }
+}
+
+impl std::fmt::Debug for ServerReceipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerReceipt").field("session", &self.session).field("id", &self.id).finish()
     }
 }
 
@@ -873,6 +954,12 @@ fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
                     for c in conns {
                         st.close_conn(&w.registry, c, now);
                     }
+                    // Sessions still alive at the deadline end with the
+                    // process: their receipts fail, nobody waits forever.
+                    let code = mf_core::CloseCode::Shutdown;
+                    let reason =
+                        mf_core::FailReason::SessionLost(mf_core::CloseReason { code, by_peer: false });
+                    st.receipts.complete_all(|| Err(Failure { reason, fate: mf_core::Fate::Unknown }));
                     return;
                 }
             }

@@ -54,9 +54,14 @@ fn server_push_recv_modes_and_channels() {
     let hi = server.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(hi.channel, 9);
     assert!(!hi.is_request());
-    server.send(hi.session, 5, "pushed").unwrap();
+    let receipt = server.send(hi.session, 5, "pushed").unwrap();
+    // Not taken by the client application yet: no receipt.
+    assert!(matches!(receipt.wait_timeout(Duration::from_millis(30)), Err(Error::Timeout)));
+    assert_eq!(receipt.poll(), None);
     let m = client.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!((m.channel, &m.body[..]), (5, &b"pushed"[..]));
+    receipt.wait_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(receipt.poll(), Some(Ok(())));
     // A blocked recv wakes for a push from another thread.
     let c2 = client.clone();
     let t = std::thread::spawn(move || c2.recv().unwrap());

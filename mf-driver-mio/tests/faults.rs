@@ -25,18 +25,68 @@ enum Outcome {
     CallFailed(u32, u64, mf_driver_mio::FailReason, Fate),
 }
 
-fn recording_server(workers: usize) -> (Server, Arc<Mutex<Vec<Bytes>>>, std::thread::JoinHandle<()>) {
+/// Origins of messages the server pushes: `SERVER_ORIGIN + client origin`.
+const SERVER_ORIGIN: u32 = 1000;
+/// The server pushes one message for every this many one-way messages.
+const PUSH_EVERY: u64 = 8;
+
+/// A push the server's `send` accepted: origin, seq, channel, its receipt.
+type Push = (u32, u64, u16, mf_driver_mio::ServerReceipt);
+
+struct Recorder {
+    server: Server,
+    /// What the server application took.
+    arrivals: Arc<Mutex<Vec<Bytes>>>,
+    pushes: Arc<Mutex<Vec<Push>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// A server that records arrivals, answers requests, and pushes a message
+/// back to the session for every `PUSH_EVERY`th one-way message.
+fn recording_server(workers: usize) -> Recorder {
     let server = common::server(workers);
     let arrivals = Arc::new(Mutex::new(Vec::new()));
-    let (s2, a2) = (server.clone(), arrivals.clone());
-    let t = std::thread::spawn(move || {
+    let pushes = Arc::new(Mutex::new(Vec::new()));
+    let (s2, a2, p2) = (server.clone(), arrivals.clone(), pushes.clone());
+    let thread = std::thread::spawn(move || {
+        let s3 = s2.clone();
+        let mut next_seq = std::collections::HashMap::<u32, u64>::new();
+        let next_seq = Mutex::new(std::mem::take(&mut next_seq));
         s2.serve(move |req| {
             a2.lock().unwrap().push(req.body.clone());
-            if req.is_request() { Some(response_for(&req.body)) } else { None }
+            if req.is_request() {
+                return Some(response_for(&req.body));
+            }
+            let tag = mf_core::testing::checker::parse(&req.body).unwrap();
+            if tag.seq % PUSH_EVERY == 0 {
+                let origin = SERVER_ORIGIN + tag.origin;
+                let mut seqs = next_seq.lock().unwrap();
+                let seq = *seqs.entry(origin).or_default();
+                let body = payload(Kind::Message, origin, seq, 7, (seq % 50) as usize);
+                // A full queue refuses the push: then it was never sent.
+                if let Ok(r) = s3.send(req.session, 7, body) {
+                    seqs.insert(origin, seq + 1);
+                    p2.lock().unwrap().push((origin, seq, 7, r));
+                }
+            }
+            None
         })
         .unwrap()
     });
-    (server, arrivals, t)
+    Recorder { server, arrivals, pushes, thread }
+}
+
+/// Takes what the server pushes to one client until told to stop.
+fn receiver(client: Client, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<Bytes> {
+    let mut got = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match client.recv_timeout(Duration::from_millis(20)) {
+            Ok(m) => got.push(m.body),
+            Err(Error::Timeout) => {}
+            Err(e) => panic!("client recv: {e}"),
+        }
+    }
+    got
 }
 
 /// One application thread: `ops` operations alternating pipelined sends and
@@ -102,16 +152,19 @@ fn check(log: &Log, arrivals: &[Bytes]) -> mf_core::testing::checker::Summary {
     }
 }
 
-/// `total` messages and calls from 2 clients x 2 threads through a proxy
-/// that cuts every connection after a random number of bytes.
+/// `total` messages and calls from 2 clients x 2 threads, and the server's
+/// pushes back, through a proxy that cuts every connection after a random
+/// number of bytes.
 fn exactly_once_through_cuts(total: u64, cut_after_bytes_max: u64, min_cuts: u64, seed: u64) {
     println!("seed {seed}");
-    let (server, arrivals, st) = recording_server(2);
-    let proxy = Proxy::start(server.local_addr(), seed);
+    let rec = recording_server(2);
+    let proxy = Proxy::start(rec.server.local_addr(), seed);
     proxy.set_faults(Faults { cut_after_bytes_max, stall_instead: false });
     let log = Arc::new(Mutex::new(Log::default()));
     let started = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut threads = Vec::new();
+    let mut receivers = Vec::new();
     let mut clients = Vec::new();
     for c in 0..2u32 {
         let client = Client::connect(proxy.addr(), common::client_config(seed + c as u64)).unwrap();
@@ -120,10 +173,31 @@ fn exactly_once_through_cuts(total: u64, cut_after_bytes_max: u64, min_cuts: u64
             let origin = c * 2 + t;
             threads.push(std::thread::spawn(move || worker(client, origin, total / 4, log)));
         }
+        let (c2, stop2) = (client.clone(), stop.clone());
+        receivers.push(std::thread::spawn(move || receiver(c2, stop2)));
         clients.push(client);
     }
     for t in threads {
         t.join().unwrap();
+    }
+    // Every push has been issued (its trigger has its receipt); collect
+    // their receipts while the receivers still take them.
+    let pushes = std::mem::take(&mut *rec.pushes.lock().unwrap());
+    let mut push_log = Log::default();
+    for (origin, seq, channel, r) in pushes {
+        push_log.sent.push((origin, seq, channel, false));
+        match r.wait_timeout(Duration::from_secs(60)) {
+            Ok(()) => push_log.outcomes.push(Outcome::Receipt(origin, seq)),
+            Err(Error::SessionLost { fate, .. }) => {
+                push_log.outcomes.push(Outcome::SendFailed(origin, seq, fate))
+            }
+            Err(e) => panic!("push {origin}/{seq}: {e}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut arrivals = Vec::new();
+    for r in receivers {
+        arrivals.extend(r.join().unwrap());
     }
     let cuts = proxy.cuts();
     let resumes: u64 = clients.iter().map(|c| c.stats().session.resumes).sum();
@@ -131,16 +205,23 @@ fn exactly_once_through_cuts(total: u64, cut_after_bytes_max: u64, min_cuts: u64
     for c in &clients {
         c.close().unwrap();
     }
-    server.shutdown();
-    st.join().unwrap();
-    let summary = check(&log.lock().unwrap(), &arrivals.lock().unwrap());
+    rec.server.shutdown();
+    rec.thread.join().unwrap();
+    arrivals.extend(rec.arrivals.lock().unwrap().iter().cloned());
+    let mut log = std::mem::take(&mut *log.lock().unwrap());
+    let pushed = push_log.sent.len() as u64;
+    log.sent.extend(push_log.sent);
+    log.outcomes.extend(push_log.outcomes);
+    let summary = check(&log, &arrivals);
     println!(
-        "{total} ops in {:?}: {cuts} cuts, {resumes} resumes, {retransmitted} frames retransmitted, {summary:?}",
+        "{total} ops + {pushed} server pushes in {:?}: {cuts} cuts, {resumes} resumes, \
+         {retransmitted} frames retransmitted, {summary:?}",
         started.elapsed()
     );
-    assert_eq!(summary.messages + summary.calls, total);
+    assert_eq!(summary.messages + summary.calls, total + pushed);
+    assert!(pushed >= total / 16, "only {pushed} pushes");
     assert_eq!(summary.failed_not_delivered + summary.failed_unknown, 0, "every session resumed");
-    assert_eq!(summary.receipts + summary.responses, total);
+    assert_eq!(summary.receipts + summary.responses, total + pushed);
     assert!(cuts >= min_cuts, "only {cuts} cuts");
     assert!(resumes >= min_cuts / 2, "only {resumes} resumes");
 }
