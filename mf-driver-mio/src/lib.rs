@@ -152,4 +152,7 @@ pub use config::{ClientConfig, ServerConfig, TcpOptions};
 pub use error::Error;
 pub use io::IoStats;
 pub use mf_core::{ClientState, CloseCode, CloseReason, Config, FailReason, Failure, Fate, MsgId, ReqId};
-pub use server::{Inbound, REJECT_NO_RESPONSE, Reply, Server, ServerReceipt, ServerStats, SessionRef};
+pub use server::{
+    Inbound, REJECT_HANDLER_PANICKED, REJECT_NO_RESPONSE, Reply, Server, ServerReceipt, ServerStats,
+    SessionRef,
+};

@@ -80,6 +80,12 @@ pub(crate) fn get() -> std::io::Result<Arc<Reactor>> {
     Ok(r)
 }
 
+/// Visit a client; a panic there (a bug) must not stop the thread that
+/// serves every other client.
+fn visit(c: &Shared, ev: Option<(Token, bool, bool)>) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.visit(ev))).unwrap_or(false)
+}
+
 /// A socket's token: the client's slot in the high half, the connection's
 /// sequence number in the low half (so events of a closed socket are told
 /// apart from its successor's).
@@ -235,7 +241,7 @@ impl Reactor {
                 if let Some(c) = self.client(slot) {
                     let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                     let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                    if c.visit(Some((ev.token(), readable, writable))) {
+                    if visit(&c, Some((ev.token(), readable, writable))) {
                         drop(c);
                         self.release(slot);
                     }
@@ -244,7 +250,7 @@ impl Reactor {
             let now = self.now();
             while let Some((slot, c)) = self.pop_due(now) {
                 if let Some(c) = c {
-                    if c.visit(None) {
+                    if visit(&c, None) {
                         drop(c);
                         self.release(slot);
                     }

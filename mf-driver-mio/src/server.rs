@@ -65,6 +65,8 @@ const ACCEPT_RETRY_MS: u64 = 10;
 /// Reject code sent when the handler gives no response to a request, or the
 /// response could not be queued.
 pub const REJECT_NO_RESPONSE: u16 = 0xfff0;
+/// Reject code sent when the handler panicked on the request.
+pub const REJECT_HANDLER_PANICKED: u16 = 0xfff1;
 
 /// A session held by a [`Server`]: which worker owns it, and its id there.
 /// Stays valid across the session's reconnects.
@@ -903,7 +905,10 @@ fn run_handler<'a>(
         drop(st);
         for item in batch.drain(..) {
             let (session, id) = (item.session, item.id);
-            let r = handler(item);
+            // A panicking handler fails its request, not the worker (and
+            // with it every session the worker holds).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(item)))
+                .unwrap_or(Reply::Reject(REJECT_HANDLER_PANICKED));
             replies.push((session, id, r));
         }
         st = lock(&w.st);

@@ -263,3 +263,25 @@ fn dropping_the_last_handle_still_delivers_queued_messages() {
     }
     server.shutdown();
 }
+
+#[test]
+fn a_panicking_handler_rejects_its_request_and_the_server_carries_on() {
+    let server = common::server(1);
+    let addr = server.local_addr();
+    let s2 = server.clone();
+    let t = std::thread::spawn(move || {
+        s2.serve(|req| {
+            if &req.body[..] == b"boom" {
+                panic!("handler bug (expected by the test)");
+            }
+            req.body
+        })
+        .unwrap()
+    });
+    let client = Client::connect(addr, common::client_config(43)).unwrap();
+    assert!(matches!(client.call("boom"), Err(Error::Rejected(mf_driver_mio::REJECT_HANDLER_PANICKED))));
+    assert_eq!(&client.call("fine").unwrap()[..], b"fine");
+    client.close().unwrap();
+    server.shutdown();
+    t.join().unwrap();
+}
