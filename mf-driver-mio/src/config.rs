@@ -147,6 +147,12 @@ pub struct ServerConfig {
     pub backlog: u32,
     /// Bytes each worker reads per `read` call. Default 256 KiB.
     pub read_buffer_bytes: usize,
+    /// Write batching for the pull API (`respond`, `reject`, `send` from
+    /// application threads): output queued within this many microseconds of
+    /// the previous such write waits for the worker, which writes it with
+    /// everything else for that connection in one `writev`. Handlers run by
+    /// `serve` batch anyway. 0 writes at once. Default 200.
+    pub write_batch_us: u64,
     /// Seed of the server's generators; `None` (the default) draws it from
     /// the operating system.
     pub seed: Option<[u8; 32]>,
@@ -160,6 +166,7 @@ impl Default for ServerConfig {
             workers: 0,
             backlog: 4096,
             read_buffer_bytes: 256 << 10,
+            write_batch_us: 200,
             seed: None,
         }
     }

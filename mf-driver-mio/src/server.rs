@@ -195,6 +195,10 @@ struct WorkerState {
     stats: IoStats,
     handoffs: u64,
     closes: BTreeMap<u16, u64>,
+    /// When an application thread (pull API) last wrote, and when output
+    /// it left for the worker must leave (see `ServerConfig::write_batch_us`).
+    app_write_at: Instant,
+    flush_at: Option<Instant>,
     /// Counters of ended sessions, so totals survive them.
     msgs_received_ended: u64,
     msgs_sent_ended: u64,
@@ -224,6 +228,8 @@ struct ServerShared {
     ready: ReadySignal,
     next_worker: AtomicU64,
     epoch: std::time::Instant,
+    /// See `ServerConfig::write_batch_us`.
+    batch_us: u64,
 }
 
 impl ServerShared {
@@ -308,6 +314,8 @@ impl Server {
                 accept_retry_at: Instant::ZERO,
                 wake_at: Instant::ZERO,
                 stopping_at: None,
+                app_write_at: Instant::ZERO,
+                flush_at: None,
                 stats: IoStats::default(),
                 handoffs: 0,
                 closes: BTreeMap::new(),
@@ -335,6 +343,7 @@ impl Server {
             ready: ReadySignal::default(),
             next_worker: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
+            batch_us: config.write_batch_us,
         });
         for (idx, poll) in polls.into_iter().enumerate() {
             let s = sh.clone();
@@ -521,13 +530,40 @@ impl ServerShared {
         let mut st = lock(&w.st);
         let now = self.now();
         let r = f(&mut st, now);
-        self.pump(w, &mut st, now);
+        self.flush_or_hold(w, &mut st, now);
+        r
+    }
+
+    /// After an application thread (pull API) changed an endpoint: write
+    /// now, or, within `write_batch_us` of its last write, leave the output
+    /// to the worker, which writes it with everything else for the
+    /// connection in one `writev` (application threads answering one request
+    /// after another would otherwise write once each).
+    fn flush_or_hold(&self, w: &Worker, st: &mut WorkerState, now: Instant) {
+        let batch_us = self.batch_us;
+        if batch_us > 0 && now.saturating_since(st.app_write_at).as_micros() < batch_us as u128 {
+            let at = st.app_write_at + Duration::from_micros(batch_us);
+            if st.flush_at.is_none_or(|f| at < f) {
+                st.flush_at = Some(at);
+            }
+            // The worker wakes for its own reasons often while traffic
+            // flows; wake it only if it would sleep well past the flush.
+            if st.wake_at != Instant::ZERO && at.add_millis(TIMER_SLACK_MS) < st.wake_at {
+                st.wake_at = Instant::ZERO;
+                let _ = w.waker.wake();
+            }
+            return;
+        }
+        let writes = st.stats.write_syscalls;
+        self.pump(w, st, now);
+        if st.stats.write_syscalls != writes {
+            st.app_write_at = now;
+        }
         let d = st.ep.poll_timeout().unwrap_or(Instant::NEVER);
         if d.add_millis(TIMER_SLACK_MS) < st.wake_at && st.wake_at != Instant::ZERO {
             st.wake_at = Instant::ZERO;
             let _ = w.waker.wake();
         }
-        r
     }
 
     fn recv(&self, until: Until) -> Result<Inbound, Error> {
@@ -540,7 +576,7 @@ impl ServerShared {
                 let now = self.now();
                 let (sid, item) = st.ep.recv(now)?;
                 // Taking it may release credit to the client.
-                self.pump(w, &mut st, now);
+                self.flush_or_hold(w, &mut st, now);
                 Some(inbound(w.idx, sid, item))
             })
         };
@@ -972,6 +1008,9 @@ fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
             if let Some(at) = st.stopping_at {
                 d = d.min(at);
             }
+            if let Some(at) = st.flush_at {
+                d = d.min(at);
+            }
             if !st.read_more.is_empty() || st.accept_more {
                 d = now;
             }
@@ -1025,6 +1064,7 @@ fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
         if st.ep.poll_timeout().is_some_and(|t| t <= now) {
             st.ep.handle_timeout(now);
         }
+        st.flush_at = None;
         sh.pump(&w, &mut st, now);
         if let Some(h) = sh.handler.get() {
             st = run_handler(&sh, &w, st, h, &mut batch, &mut replies);

@@ -285,3 +285,31 @@ fn a_panicking_handler_rejects_its_request_and_the_server_carries_on() {
     server.shutdown();
     t.join().unwrap();
 }
+
+#[test]
+fn pull_api_responses_to_pipelined_calls_batch_their_writes() {
+    let server = common::server(1);
+    let client = Client::connect(server.local_addr(), common::client_config(44)).unwrap();
+    const N: usize = 2000;
+    let s2 = server.clone();
+    let answering = std::thread::spawn(move || {
+        for _ in 0..N {
+            let req = s2.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(s2.respond(&req, req.body.clone()).unwrap());
+        }
+    });
+    let before = server.stats().io.write_syscalls;
+    for round in 0..(N / 200) {
+        let pending: Vec<_> =
+            (0..200).map(|i| client.call_start(format!("{round}/{i}"), None).unwrap()).collect();
+        for (i, p) in pending.into_iter().enumerate() {
+            assert_eq!(p.wait().unwrap(), format!("{round}/{i}").as_bytes());
+        }
+    }
+    answering.join().unwrap();
+    let writes = server.stats().io.write_syscalls - before;
+    println!("server: {writes} writes for {N} responses");
+    assert!((writes as f64) < N as f64 * 0.5, "{writes} writes for {N} responses");
+    client.close().unwrap();
+    server.shutdown();
+}
