@@ -39,8 +39,10 @@
 //! another channel; order is kept per channel (C3). The server has the same
 //! three modes for pulling ([`Server::recv`], [`Server::recv_timeout`],
 //! [`Server::try_recv`]) and answers with [`Server::respond`],
-//! [`Server::reject`], or pushes with [`Server::send`]; or it runs a handler
-//! with [`Server::serve`].
+//! [`Server::reject`], or pushes with [`Server::send`] (whose
+//! [`ServerReceipt`] waits or polls like a client's); or it runs a handler
+//! with [`Server::serve`] (a handler that panics rejects its request with
+//! [`REJECT_HANDLER_PANICKED`]; the worker carries on).
 //!
 //! ## Connection loss and the session's fate
 //!
@@ -104,7 +106,9 @@
 //! copied). One-way messages and [`Client::call_start`] hold their output
 //! for up to [`ClientConfig::write_batch_us`] (default 200 us) after a write,
 //! so a burst shares one `writev`; anything a thread then waits on is
-//! written at once. [`IoStats`] counts read and write system calls (P7:
+//! written at once. The server's pull API batches the same way
+//! ([`ServerConfig::write_batch_us`]); a `serve` handler's answers to one
+//! batch of input leave together. [`IoStats`] counts read and write system calls (P7:
 //! write calls per message, <= 0.1 when pipelined).
 //!
 //! ## Limits
