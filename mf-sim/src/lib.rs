@@ -187,6 +187,9 @@ pub struct SimFailure {
     pub replay: String,
     /// Faults injected before the end.
     pub faults: u64,
+    /// Simulated ms the run settled after healing (of the liveness bound),
+    /// if it got that far.
+    pub settled_ms: Option<u64>,
 }
 
 impl std::fmt::Display for SimFailure {
@@ -263,6 +266,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, SimFailure> {
         violations,
         replay: sh.cfg.replay_command(seed),
         faults,
+        settled_ms: None,
     };
 
     let base_min = Duration::from_millis(1);
@@ -376,10 +380,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, SimFailure> {
     drop(sim);
     match result {
         Ok(summary) => Ok(Report { summary, ..report }),
-        Err(mut v) => {
-            v.insert(0, format!("(settled for {} ms of the {} ms bound)", report.settle_ms, cfg.settle_ms));
-            Err(fail(&sh, faults, v))
-        }
+        Err(v) => Err(SimFailure { settled_ms: Some(report.settle_ms), ..fail(&sh, faults, v) }),
     }
 }
 
