@@ -213,6 +213,9 @@ pub struct PendingCall {
     sh: Arc<Shared>,
     id: ReqId,
     done: bool,
+    /// The client's write count when the request was queued: if it moved
+    /// on, the request has been written, and waiting needs no flush.
+    queued_at_write: u64,
 }
 
 /// The outcome of one sent message, to wait for or poll (contract C4).
@@ -220,6 +223,8 @@ pub struct PendingCall {
 pub struct Receipt {
     sh: Arc<Shared>,
     id: MsgId,
+    /// As for [`PendingCall`].
+    queued_at_write: u64,
 }
 
 impl Client {
@@ -463,13 +468,17 @@ impl PendingCall {
 
     /// Wait for the response (or the call's failure).
     pub fn wait(mut self) -> Result<Bytes, Error> {
-        self.sh.wait_call(self.id, Until::Forever, &mut self.done).unwrap_or(Err(Error::Timeout))
+        self.sh
+            .wait_call(self.id, self.queued_at_write, Until::Forever, &mut self.done)
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// Wait at most `timeout`: `Error::Timeout` if the call is still in
     /// flight (it goes on; wait again later).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Bytes, Error> {
-        self.sh.wait_call(self.id, Until::after(Some(timeout)), &mut self.done).unwrap_or(Err(Error::Timeout))
+        self.sh
+            .wait_call(self.id, self.queued_at_write, Until::after(Some(timeout)), &mut self.done)
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// The outcome if it has arrived, without waiting. Once taken, later
@@ -478,7 +487,7 @@ impl PendingCall {
         if self.done {
             return None;
         }
-        self.sh.wait_call(self.id, Until::Now, &mut self.done)
+        self.sh.wait_call(self.id, self.queued_at_write, Until::Now, &mut self.done)
     }
 }
 
@@ -530,7 +539,7 @@ impl Receipt {
     fn wait_until(&self, until: Until) -> Result<(), Error> {
         let sh = &self.sh;
         let mut g = lock(&sh.st);
-        g.flush_held(&sh.env);
+        g.flush_held(&sh.env, self.queued_at_write);
         let (_g, r) = wait_until(
             &sh.st,
             g,
@@ -609,7 +618,7 @@ impl Shared {
                     if left == Some(Duration::ZERO) {
                         return Err(Error::Full(body));
                     }
-                    g.flush_held(&self.env);
+                    g.flush_held(&self.env, u64::MAX);
                     g.senders.add(crate::sync::current());
                     drop(g);
                     crate::sync::park(left);
@@ -622,7 +631,7 @@ impl Shared {
 
     fn call(self: &Arc<Self>, channel: u16, body: Bytes, timeout: Option<Duration>) -> Result<Bytes, Error> {
         let mut p = self.call_start_with(channel, body, timeout, Flush::Now)?;
-        self.wait_call(p.id, Until::Forever, &mut p.done).unwrap_or(Err(Error::Timeout))
+        self.wait_call(p.id, p.queued_at_write, Until::Forever, &mut p.done).unwrap_or(Err(Error::Timeout))
     }
 
     fn call_start(
@@ -641,25 +650,37 @@ impl Shared {
         timeout: Option<Duration>,
         flush: Flush,
     ) -> Result<PendingCall, Error> {
-        let deadline = timeout.map(|d| self.env.now() + d);
+        let now = self.env.now();
+        let deadline = timeout.map(|d| now + d);
         let (mut g, id) = self.submit(body, Until::Forever, |st, b| st.core.call(channel, b, deadline))?;
         g.calls.open(id);
-        let now = self.env.now();
         g.active = true;
+        // Read before the pump: a write it makes includes this request.
+        let queued_at_write = g.stats.write_syscalls;
         g.pump(&self.env, now, flush);
         g.schedule(&self.env, now);
         drop(g);
-        Ok(PendingCall { sh: self.clone(), id, done: false })
+        Ok(PendingCall { sh: self.clone(), id, done: false, queued_at_write })
     }
 
     /// Wait for call `id`'s outcome; `None` if `until` passed first.
-    fn wait_call(&self, id: ReqId, until: Until, done: &mut bool) -> Option<Result<Bytes, Error>> {
+    fn wait_call(
+        &self,
+        id: ReqId,
+        queued_at_write: u64,
+        until: Until,
+        done: &mut bool,
+    ) -> Option<Result<Bytes, Error>> {
         let env = &self.env;
         let mut g = lock(&self.st);
-        g.flush_held(env);
+        g.flush_held(env, queued_at_write);
         loop {
-            g.run_due_timers(env);
-            if let Some(r) = g.calls.take(id) {
+            // Pipelined calls usually find their answer already here.
+            if g.calls.is_done(id) || {
+                g.run_due_timers(env);
+                g.calls.is_done(id)
+            } {
+                let r = g.calls.take(id)?;
                 *done = true;
                 return Some(r.map_err(Error::from_failure));
             }
@@ -716,12 +737,13 @@ impl Shared {
         g.receipts.open(id);
         let now = self.env.now();
         g.active = true;
+        let queued_at_write = g.stats.write_syscalls;
         g.pump(&self.env, now, Flush::Batch);
         g.schedule(&self.env, now);
         drop(g);
         // A receipt keeps the shared state alive, not the handle: a receipt
         // alone does not keep the session open.
-        Ok(Receipt { sh: self.clone(), id })
+        Ok(Receipt { sh: self.clone(), id, queued_at_write })
     }
 
     fn recv(self: &Arc<Self>, until: Until) -> Result<Message, Error> {
@@ -808,8 +830,13 @@ impl State {
         d
     }
 
-    /// Write output held back for a batch (someone is about to wait).
-    fn flush_held(&mut self, env: &Env) {
+    /// Write output held back for a batch, unless a write was made since
+    /// the awaited item was queued (then that item has left already; the
+    /// rest of the batch keeps waiting for its flush).
+    fn flush_held(&mut self, env: &Env, queued_at_write: u64) {
+        if self.stats.write_syscalls > queued_at_write && queued_at_write != u64::MAX {
+            return;
+        }
         if self.flush_at.take().is_some() {
             let now = env.now();
             self.pump(env, now, Flush::Now);
