@@ -87,6 +87,9 @@ pub struct CommonArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// For profiling one system: do not add the floor, skip the P6 probe.
+    #[arg(long, hide = true)]
+    pub profile: bool,
 }
 
 /// `--pin`.
@@ -116,7 +119,7 @@ impl CommonArgs {
     /// The systems to run, the floor first.
     pub fn systems(&self) -> Vec<System> {
         let mut v = self.systems.clone().unwrap_or_else(|| System::ALL.to_vec());
-        if !v.contains(&System::RawStd) {
+        if !v.contains(&System::RawStd) && !self.profile {
             v.insert(0, System::RawStd);
         }
         v.sort();
@@ -286,7 +289,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     );
     let started = std::time::Instant::now();
     let results = run_plan(&cases, &knob_sets, &systems_for, rounds, &budget, !common.no_progress);
-    let probe = probe::run(&systems, common.quick);
+    let probe = if common.profile { probe::Probe::default() } else { probe::run(&systems, common.quick) };
     let elapsed = started.elapsed();
 
     let rep = report::Report {
