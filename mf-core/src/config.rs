@@ -164,6 +164,9 @@ impl Config {
         if self.send_queue_msgs_max == 0 || self.calls_in_flight_max == 0 {
             return e("send_queue_msgs_max and calls_in_flight_max must be at least 1");
         }
+        if self.calls_in_flight_max > crate::session::calls::CALLS_IN_FLIGHT_LIMIT {
+            return e("calls_in_flight_max must be at most 1,048,576");
+        }
         if self.keepalive_interval_ms == 0 || self.idle_timeout_ms <= self.keepalive_interval_ms {
             return e("idle_timeout_ms must exceed keepalive_interval_ms, which must be > 0");
         }

@@ -224,7 +224,10 @@ impl Endpoint {
         let idx = match self.conn_free.pop() {
             Some(i) => i as usize,
             None => {
-                self.conns.push(ConnSlot { generation: 0, state: ConnState::Free, dirty: false });
+                // Generations start at a random point, so ids from another
+                // endpoint (another worker, an earlier process) do not alias.
+                let generation = self.rng.below_inclusive(u32::MAX as u64) as u32;
+                self.conns.push(ConnSlot { generation, state: ConnState::Free, dirty: false });
                 self.conns.len() - 1
             }
         };
@@ -338,8 +341,9 @@ impl Endpoint {
             let idx = match self.session_free.pop() {
                 Some(i) => i,
                 None => {
+                    let generation = self.rng.below_inclusive(u32::MAX as u64) as u32;
                     self.sessions.push(SessionSlot {
-                        generation: 0,
+                        generation,
                         session: None,
                         conn: None,
                         heap_deadline: Instant::NEVER,

@@ -238,3 +238,19 @@ fn session_limit_token_reuse_and_unknown_tokens() {
     resume[1] = 1; // FLAG_RESUME
     assert_eq!(close_code_for(&mut ep, now, &resume).0, Some(CloseCode::SessionUnknown));
 }
+
+#[test]
+fn ids_from_another_endpoint_do_not_alias() {
+    let now = Instant::ZERO;
+    let mut a = Endpoint::new(fast_config(), seed_from_u64(1)).unwrap();
+    let mut b = Endpoint::new(fast_config(), seed_from_u64(2)).unwrap();
+    for ep in [&mut a, &mut b] {
+        let c = ep.accept(now);
+        ep.handle_input(now, c, &hello(Token([4; 16])));
+    }
+    let sa = a.session_by_token(&Token([4; 16])).unwrap();
+    let sb = b.session_by_token(&Token([4; 16])).unwrap();
+    assert_ne!(sa, sb, "same slot, different endpoints, different ids");
+    assert!(b.stats(sa).is_none(), "an id from endpoint a means nothing to endpoint b");
+    assert!(matches!(b.send(now, sa, 0, "x"), Err(mf_core::SendError::Closed(_))));
+}

@@ -6,7 +6,7 @@ use mf_core::testing::scenario::{self, ScenarioConfig};
 
 #[test]
 fn no_faults_everything_delivered() {
-    let cfg = ScenarioConfig { fault_every_steps: 0, ..Default::default() };
+    let cfg = ScenarioConfig { fault_every_steps: 0, short_deadline_pct: 0, ..Default::default() };
     let r = scenario::run(1, &cfg).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.summary.failed_unknown, 0, "{r:?}");
     assert!(r.summary.responses > 0 && r.summary.receipts > 0, "{r:?}");
@@ -64,4 +64,37 @@ mod prop {
             }
         }
     }
+}
+
+/// A longer campaign: `MF_SEEDS=10000 cargo test --release -p mf-core --test
+/// scenarios campaign -- --ignored --nocapture`.
+#[test]
+#[ignore = "long: run in release with MF_SEEDS"]
+fn campaign() {
+    let n: u64 = std::env::var("MF_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let mut failures = Vec::new();
+    let mut faults = 0;
+    let mut checked = 0;
+    for seed in 0..n {
+        let clients = 1 + (seed % 4) as usize;
+        let cfg = ScenarioConfig {
+            clients,
+            fault_every_steps: 5 + seed % 60,
+            large_pct: (seed % 30) as u8,
+            call_pct: (seed * 7 % 80) as u8,
+            ..ScenarioConfig::default()
+        };
+        match scenario::run(seed, &cfg) {
+            Ok(r) => {
+                faults += r.faults;
+                checked += r.summary.messages + r.summary.calls;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failures.push(seed);
+            }
+        }
+    }
+    eprintln!("{n} seeds, {faults} faults, {checked} messages and calls checked, failures: {failures:?}");
+    assert!(failures.is_empty());
 }

@@ -1,5 +1,5 @@
 //! Request/response bookkeeping: the client's calls in flight (a slab whose
-//! index and generation make the request id) and the server's open requests.
+//! index and the session-wide call number make the request id) and the server's open requests.
 
 use crate::time::Instant;
 use std::cmp::Reverse;
@@ -24,10 +24,16 @@ pub(crate) enum CallState {
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CallSlot {
-    generation: u32,
+    /// The call number of the call in this slot (see [`Calls::insert`]).
+    seq: u64,
     pub(crate) state: CallState,
     deadline: Instant,
 }
+
+/// Bits of a request id that index the slab; the rest is the call number.
+const SLOT_BITS: u32 = 20;
+/// Calls in flight cannot exceed the slab's index space.
+pub(crate) const CALLS_IN_FLIGHT_LIMIT: u32 = 1 << SLOT_BITS;
 
 /// The client's calls in flight.
 #[derive(Debug, Default)]
@@ -44,24 +50,32 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
-    fn split(id: ReqId) -> (usize, u32) {
-        ((id.0 & 0xffff_ffff) as usize, (id.0 >> 32) as u32)
+    fn split(id: ReqId) -> (usize, u64) {
+        ((id.0 & (CALLS_IN_FLIGHT_LIMIT as u64 - 1)) as usize, id.0 >> SLOT_BITS)
     }
 
-    /// Start a call; the caller has checked the limit.
-    pub(crate) fn insert(&mut self, deadline: Option<Instant>) -> ReqId {
+    fn id(seq: u64, idx: usize) -> ReqId {
+        ReqId((seq << SLOT_BITS) | idx as u64)
+    }
+
+    /// Start call number `seq` (from the session's counter, which survives
+    /// idle compaction: a request id is never reused within a session, so
+    /// a late answer to an old request can never reach a new call). The
+    /// caller has checked the limit.
+    pub(crate) fn insert(&mut self, seq: u64, deadline: Option<Instant>) -> ReqId {
         let idx = match self.free.pop() {
             Some(i) => i as usize,
             None => {
-                self.slots.push(CallSlot { generation: 1, state: CallState::Free, deadline: Instant::NEVER });
+                self.slots.push(CallSlot { seq: 0, state: CallState::Free, deadline: Instant::NEVER });
                 self.slots.len() - 1
             }
         };
         let s = &mut self.slots[idx];
+        s.seq = seq;
         s.state = CallState::Queued;
         s.deadline = deadline.unwrap_or(Instant::NEVER);
         self.live += 1;
-        let id = ReqId(((s.generation as u64) << 32) | idx as u64);
+        let id = Self::id(seq, idx);
         if let Some(d) = deadline {
             self.heap.push(Reverse((d, id.0)));
             if self.heap.len() > 2 * self.live as usize + 32 {
@@ -73,23 +87,21 @@ impl Calls {
 
     /// The slot of a live call.
     pub(crate) fn get(&mut self, id: ReqId) -> Option<&mut CallSlot> {
-        let (idx, generation) = Self::split(id);
-        self.slots.get_mut(idx).filter(|s| s.generation == generation && s.state != CallState::Free)
+        let (idx, seq) = Self::split(id);
+        self.slots.get_mut(idx).filter(|s| s.seq == seq && s.state != CallState::Free)
     }
 
     pub(crate) fn is_live(&self, id: ReqId) -> bool {
-        let (idx, generation) = Self::split(id);
-        self.slots.get(idx).is_some_and(|s| s.generation == generation && s.state != CallState::Free)
+        let (idx, seq) = Self::split(id);
+        self.slots.get(idx).is_some_and(|s| s.seq == seq && s.state != CallState::Free)
     }
 
     /// End a call; returns its state before, or None if it was not live.
     pub(crate) fn remove(&mut self, id: ReqId) -> Option<CallState> {
-        let (idx, generation) = Self::split(id);
-        let s =
-            self.slots.get_mut(idx).filter(|s| s.generation == generation && s.state != CallState::Free)?;
+        let (idx, seq) = Self::split(id);
+        let s = self.slots.get_mut(idx).filter(|s| s.seq == seq && s.state != CallState::Free)?;
         let prev = s.state;
         s.state = CallState::Free;
-        s.generation = s.generation.wrapping_add(1).max(1);
         self.free.push(idx as u32);
         self.live -= 1;
         Some(prev)
@@ -108,11 +120,11 @@ impl Calls {
             }
             self.heap.pop();
             let id = ReqId(id);
-            let (idx, generation) = Self::split(id);
+            let (idx, seq) = Self::split(id);
             if self
                 .slots
                 .get(idx)
-                .is_some_and(|s| s.generation == generation && s.state != CallState::Free && s.deadline == d)
+                .is_some_and(|s| s.seq == seq && s.state != CallState::Free && s.deadline == d)
             {
                 return Some(id);
             }
@@ -126,7 +138,7 @@ impl Calls {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.state != CallState::Free && s.deadline != Instant::NEVER)
-            .map(|(i, s)| Reverse((s.deadline, ((s.generation as u64) << 32) | i as u64)))
+            .map(|(i, s)| Reverse((s.deadline, Self::id(s.seq, i).0)))
             .collect();
         self.heap = BinaryHeap::from(live);
     }
@@ -137,7 +149,7 @@ impl Calls {
         for i in 0..self.slots.len() {
             let s = self.slots[i];
             if s.state != CallState::Free {
-                let id = ReqId(((s.generation as u64) << 32) | i as u64);
+                let id = Self::id(s.seq, i);
                 self.remove(id);
                 out.push((id, s.state));
             }

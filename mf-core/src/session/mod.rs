@@ -208,6 +208,8 @@ impl Bufs {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct TxCounters {
     pub(crate) next_msg_id: u64,
+    /// Calls made so far: the call number in every request id.
+    pub(crate) next_call_seq: u64,
     /// Sequence number of the next new data frame.
     pub(crate) next_seq: u64,
     /// The peer has every data frame below this.

@@ -399,7 +399,9 @@ impl Session {
         if self.bufs.as_deref().is_some_and(|b| b.calls.live >= max) {
             return Err(SendError::Full(body));
         }
-        let id = self.bufs().calls.insert(deadline);
+        let seq = self.tx.next_call_seq;
+        self.tx.next_call_seq += 1;
+        let id = self.bufs().calls.insert(seq, deadline);
         self.enqueue(Outgoing { kind: OutKind::Request(id), channel, body }, false);
         if deadline.is_some() {
             self.sync_call_timer();

@@ -59,6 +59,8 @@ pub struct ScenarioConfig {
     pub server_send_pct: u8,
     /// Percent of requests the server rejects.
     pub reject_pct: u8,
+    /// Percent of requests the server answers late (up to 200 steps).
+    pub hold_pct: u8,
     /// Mean steps between faults (0: no faults).
     pub fault_every_steps: u64,
     /// Allow server restarts among the faults.
@@ -85,6 +87,7 @@ impl Default for ScenarioConfig {
             short_deadline_pct: 10,
             server_send_pct: 10,
             reject_pct: 5,
+            hold_pct: 15,
             fault_every_steps: 40,
             restarts: true,
             steps_max: 20_000,
@@ -156,6 +159,10 @@ pub struct Harness {
     /// Sessions replaced after ending.
     pub renewed: u64,
     reject_pct: u8,
+    /// Requests the server application sits on: answered later (after the
+    /// client may have given up), to catch late answers reaching new calls.
+    held: Vec<(SessionId, ReqId, bytes::Bytes, u64)>,
+    hold_pct: u8,
     trace: u64,
 }
 
@@ -179,6 +186,8 @@ impl Harness {
             faults: 0,
             renewed: 0,
             reject_pct: 0,
+            held: Vec::new(),
+            hold_pct: 0,
             trace: 0xcbf2_9ce4_8422_2325,
         };
         for _ in 0..clients {
@@ -194,6 +203,12 @@ impl Harness {
     /// Set the share of requests the server application rejects.
     pub fn set_reject_pct(&mut self, pct: u8) {
         self.reject_pct = pct;
+    }
+
+    /// Set the share of requests the server application answers late (after
+    /// up to 200 steps), possibly after the call's deadline.
+    pub fn set_hold_pct(&mut self, pct: u8) {
+        self.hold_pct = pct;
     }
 
     /// The trace hash so far.
@@ -267,6 +282,16 @@ impl Harness {
     /// The server application takes up to `max` items, answering requests.
     pub fn consume_server(&mut self, max: usize) {
         let now = self.net.now();
+        let step = self.net.steps();
+        let mut k = 0;
+        while k < self.held.len() {
+            if self.held[k].3 <= step {
+                let (sid, id, body, _) = self.held.swap_remove(k);
+                let _ = self.net.server.respond(now, sid, id, checker::response_for(&body));
+            } else {
+                k += 1;
+            }
+        }
         for _ in 0..max {
             let Some((sid, item)) = self.net.server.recv(now) else {
                 break;
@@ -275,6 +300,9 @@ impl Harness {
             if let Incoming::Request { id, body, .. } = item {
                 if self.reject_pct > 0 && (self.rng.next_u64() % 100) < self.reject_pct as u64 {
                     self.net.server.reject(now, sid, id, 7);
+                } else if self.hold_pct > 0 && (self.rng.next_u64() % 100) < self.hold_pct as u64 {
+                    let until = step + 1 + self.rng.next_u64() % 200;
+                    self.held.push((sid, id, body, until));
                 } else {
                     let _ = self.net.server.respond(now, sid, id, checker::response_for(&body));
                 }
@@ -311,6 +339,8 @@ impl Harness {
                 // left to tell, so it needs no outcome.
                 self.checker.abandon(|origin| origin >= SERVER_ORIGIN);
                 self.server_msgs.clear();
+                // The dead process's application held these; they die with it.
+                self.held.clear();
                 self.net.restart_server();
             }
         }
@@ -438,6 +468,9 @@ impl Harness {
         self.heal_all();
         let deadline = self.net.now().add_millis(settle_ms);
         let mut idle_steps = 0;
+        for (.., until) in self.held.iter_mut() {
+            *until = 0;
+        }
         for _ in 0..2_000_000u64 {
             self.consume_server(usize::MAX);
             for i in 0..self.apps.len() {
@@ -464,6 +497,7 @@ impl Harness {
 pub fn run(seed: u64, cfg: &ScenarioConfig) -> Result<Report, String> {
     let mut h = Harness::new(seed, cfg.clients, cfg.protocol.clone(), cfg.net.clone());
     h.set_reject_pct(cfg.reject_pct);
+    h.set_hold_pct(cfg.hold_pct);
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
     for a in &mut h.apps {
         a.ops_left = cfg.ops_per_client;
@@ -523,6 +557,15 @@ pub fn run(seed: u64, cfg: &ScenarioConfig) -> Result<Report, String> {
             h.fault(f);
         }
         h.step();
+        // Now and then the workload pauses long enough for sessions to go
+        // idle (and drop their buffers) while answers may still be held.
+        if rng.next_u64() % 150 == 0 {
+            let ms = 50 + rng.next_u64() % 400;
+            let until = h.net.now().add_millis(ms);
+            while h.net.now() < until && h.step() {
+                h.consume_server(4);
+            }
+        }
         if h.apps.iter().all(|a| a.ops_left == 0) {
             break;
         }
@@ -645,6 +688,7 @@ pub fn run_ops(ops: &[Op]) -> Result<Summary, Vec<String>> {
         NetConfig { latency_us: 100, jitter_us: 50, chunk_bytes_max: 97 },
     );
     h.set_reject_pct(10);
+    h.set_hold_pct(15);
     let c = |x: u8| x as usize % CLIENTS;
     for op in ops.iter().take(512) {
         match *op {
