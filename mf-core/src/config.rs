@@ -35,7 +35,7 @@ pub struct Config {
     /// Largest message body accepted or sent. Default 16 MiB.
     pub message_bytes_max: u32,
     /// Payload bytes per frame; larger messages are fragmented into frames of
-    /// this size and interleaved with other channels. At most 64 KiB. Default 16 KiB.
+    /// this size and interleaved with other channels. At most 64 KiB. Default 64 KiB.
     pub fragment_bytes: u32,
     /// Messages the peer may have outstanding (sent, not yet taken by our
     /// application). At least 64. Default 1024.
@@ -88,7 +88,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             message_bytes_max: 16 << 20,
-            fragment_bytes: 16 << 10,
+            fragment_bytes: 64 << 10,
             window_msgs_max: 1024,
             window_bytes_max: 4 << 20,
             send_queue_msgs_max: 4096,
