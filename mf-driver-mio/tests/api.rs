@@ -313,3 +313,17 @@ fn pull_api_responses_to_pipelined_calls_batch_their_writes() {
     client.close().unwrap();
     server.shutdown();
 }
+
+/// The handles are shareable across threads (checked at compile time).
+#[test]
+fn handles_are_clone_send_sync() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn sendable<T: Send + Sync + 'static>() {}
+    shareable::<Client>();
+    shareable::<mf_driver_mio::Channel>();
+    shareable::<mf_driver_mio::Server>();
+    sendable::<mf_driver_mio::Receipt>();
+    sendable::<mf_driver_mio::PendingCall>();
+    sendable::<mf_driver_mio::ServerReceipt>();
+    sendable::<Error>();
+}
