@@ -124,10 +124,15 @@ impl Reactor {
 
     /// Keep `client` alive until its session ends (its last handle is gone).
     pub(crate) fn hold(&self, slot: usize, client: Arc<Shared>) {
-        let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(Some(s)) = t.slots.get_mut(slot) {
-            s.keep = Some(client);
-        }
+        let previous = {
+            let mut t = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+            match t.slots.get_mut(slot) {
+                Some(Some(s)) => s.keep.replace(client),
+                _ => Some(client),
+            }
+        };
+        // Dropped outside the lock: a client's drop takes it again.
+        drop(previous);
     }
 
     /// The session of the client in `slot` ended: stop keeping it alive.
