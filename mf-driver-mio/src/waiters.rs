@@ -48,16 +48,27 @@ struct Slot<T> {
 #[derive(Debug)]
 pub(crate) struct Slots<K, T> {
     map: HashMap<K, Slot<T>, BuildHasherDefault<IdHasher>>,
+    /// Slots with a registered waiter (a waiter is only ever registered on a
+    /// slot without an outcome, and removed when the outcome arrives).
+    waiting: usize,
 }
 
 impl<K: Hash + Eq + Copy, T> Slots<K, T> {
     pub(crate) fn new() -> Self {
-        Slots { map: HashMap::default() }
+        Slots { map: HashMap::default(), waiting: 0 }
     }
 
     /// Track `k`; its outcome is filled in later.
     pub(crate) fn open(&mut self, k: K) {
-        self.map.insert(k, Slot { outcome: None, waiter: None });
+        if let Some(old) = self.map.insert(k, Slot { outcome: None, waiter: None }) {
+            self.forget(old);
+        }
+    }
+
+    fn forget(&mut self, s: Slot<T>) {
+        if s.waiter.is_some() {
+            self.waiting -= 1;
+        }
     }
 
     /// Record `k`'s outcome (first one wins) and wake its waiter. Unknown
@@ -67,6 +78,7 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
             if s.outcome.is_none() {
                 s.outcome = Some(v);
                 if let Some(t) = s.waiter.take() {
+                    self.waiting -= 1;
                     t.unpark();
                 }
             }
@@ -79,6 +91,7 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
             if s.outcome.is_none() {
                 s.outcome = Some(v());
                 if let Some(t) = s.waiter.take() {
+                    self.waiting -= 1;
                     t.unpark();
                 }
             }
@@ -105,18 +118,22 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
 
     /// True if a thread waits for some slot still without an outcome.
     pub(crate) fn has_waiters(&self) -> bool {
-        self.map.values().any(|s| s.waiter.is_some() && s.outcome.is_none())
+        self.waiting > 0
     }
 
     /// Forget `k` (its handle was dropped).
     pub(crate) fn remove(&mut self, k: K) {
-        self.map.remove(&k);
+        if let Some(old) = self.map.remove(&k) {
+            self.forget(old);
+        }
     }
 
-    /// Wake the current thread when `k` completes.
+    /// Wake the current thread when `k` completes (if it has not yet).
     pub(crate) fn register(&mut self, k: K, t: Thread) {
-        if let Some(s) = self.map.get_mut(&k) {
-            s.waiter = Some(t);
+        if let Some(s) = self.map.get_mut(&k).filter(|s| s.outcome.is_none()) {
+            if s.waiter.replace(t).is_none() {
+                self.waiting += 1;
+            }
         }
     }
 

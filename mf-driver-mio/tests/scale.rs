@@ -23,7 +23,18 @@ fn raise_nofile(want: u64) {
 fn thousand_concurrent_connections_served() {
     const N: usize = 1000;
     raise_nofile(4 * N as u64 + 256);
-    let (server, addr, t) = common::echo_server(2);
+    // The bare cores below are not driven while they wait (no keep-alive
+    // answers), so idle timeouts must outlast the test.
+    let mut protocol = common::protocol();
+    protocol.keepalive_interval_ms = 20_000;
+    protocol.idle_timeout_ms = 60_000;
+    protocol.handshake_timeout_ms = 60_000;
+    let mut cfg = common::server_config(2);
+    cfg.protocol = protocol.clone();
+    let server = mf_driver_mio::Server::bind("127.0.0.1:0", cfg).unwrap();
+    let addr = server.local_addr();
+    let s2 = server.clone();
+    let t = std::thread::spawn(move || s2.serve(|req| req.body).unwrap());
     // Each connection is driven by a bare protocol core over a blocking
     // socket: one process, no thread per client.
     let mut conns = Vec::with_capacity(N);
@@ -33,7 +44,7 @@ fn thousand_concurrent_connections_served() {
     for i in 0..N {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut c = mf_core::Client::new(common::protocol(), mf_core::seed_from_u64(i as u64 + 1)).unwrap();
+        let mut c = mf_core::Client::new(protocol.clone(), mf_core::seed_from_u64(i as u64 + 1)).unwrap();
         let id = c.call(0, format!("hello {i}"), None).unwrap();
         c.connected(now);
         c.poll_transmit(now, &mut wire);
