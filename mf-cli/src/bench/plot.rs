@@ -139,7 +139,7 @@ fn size_chart(
             .configure_mesh()
             .x_desc("message size (bytes, log)")
             .y_desc("MiB/s, requests + responses (log)")
-            .x_label_formatter(&|x| fmt_size(*x as usize))
+            .x_label_formatter(&|x| axis_size(*x))
             .draw()?;
         for (s, pts) in &curves {
             let c = color(*s);
@@ -168,4 +168,21 @@ fn draw(
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     f(&root).map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// An axis label for a byte count: "64 B", "1.5 KiB", "1 MiB".
+fn axis_size(x: f64) -> String {
+    let n = x.round().max(0.0) as usize;
+    if n == 0 {
+        return "0".into();
+    }
+    let exact = fmt_size(n);
+    if !exact.ends_with(" B") || n < 1024 {
+        return exact;
+    }
+    if x >= (1 << 20) as f64 {
+        format!("{:.1} MiB", x / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", x / 1024.0)
+    }
 }

@@ -270,7 +270,7 @@ impl Report<'_> {
                 kind.id(),
                 kind.name()
             );
-            let _ = write!(o, "| pin | size |");
+            let _ = write!(o, "| pin | size | depth |");
             for s in self.systems {
                 let _ = write!(o, " {} |", s.name());
             }
@@ -278,11 +278,11 @@ impl Report<'_> {
                 let _ = write!(o, " {} / raw |", s.name());
             }
             let _ = writeln!(o);
-            let _ = writeln!(o, "|---|--:|{}", "--:|".repeat(2 * self.systems.len() - 1));
+            let _ = writeln!(o, "|---|--:|--:|{}", "--:|".repeat(2 * self.systems.len() - 1));
             for &pin in self.pins {
                 for &size in &sizes {
                     let w = Workload { kind, size };
-                    let _ = write!(o, "| {} | {} |", pin.name(), fmt_size(size));
+                    let _ = write!(o, "| {} | {} | {} |", pin.name(), fmt_size(size), w.depth());
                     for &s in self.systems {
                         let v = self.fig(w, pin, s).map_or("-".into(), |f| format!("{:.1}", f.mib_per_s));
                         let _ = write!(o, " {v} |");
@@ -346,7 +346,7 @@ impl Report<'_> {
                 .allocs_per_msg
                 .iter()
                 .filter(|(x, _, _)| *x == s)
-                .map(|(_, w, a)| format!("{} {a:.2}", w.kind.id()))
+                .map(|(_, w, a)| format!("{} {a:.3}", w.kind.id()))
                 .collect();
             v.push(Verdict {
                 target: "P6",

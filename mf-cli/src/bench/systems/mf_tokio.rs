@@ -10,7 +10,11 @@ use futures_util::FutureExt;
 use mf_driver_tokio::{Client, ClientOptions, PendingCall, Request, SendError, Server, ServerOptions};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Longest wait for a graceful close or shutdown at the end of a run.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Serve echo on `addr` on one current-thread runtime.
 pub fn serve(addr: SocketAddr, knobs: &Knobs) -> Result<ServerHandle, String> {
@@ -35,7 +39,7 @@ pub fn serve(addr: SocketAddr, knobs: &Knobs) -> Result<ServerHandle, String> {
         server.serve(|req: Request| async move { Ok(req.body) });
         let _ = ready.send(local);
         let _ = stop.await;
-        server.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, server.shutdown()).await;
     })?;
     let io_fn = io.clone();
     Ok(ServerHandle::new(addr, Arc::new(move || io_fn.snapshot()), stop))
@@ -66,15 +70,27 @@ pub fn run(
     rt.block_on(async {
         match w.kind {
             Kind::PingPong | Kind::Large | Kind::FanIn => {
-                async_calls(
+                let opened: Mutex<Vec<Client>> = Mutex::new(Vec::new());
+                let r = async_calls(
                     w.connections(),
                     budget,
                     meter,
                     &client_io,
-                    async |_| connect(&connector).await,
+                    async |_| {
+                        let c = connect(&connector).await?;
+                        opened.lock().unwrap_or_else(|p| p.into_inner()).push(c.clone());
+                        Ok(c)
+                    },
                     async |c: &mut Client, i| call(c, &bodies, i).await,
                 )
-                .await
+                .await;
+                // Close while the runtime still runs, so the server sees a
+                // goodbye instead of a session waiting to resume.
+                let opened = std::mem::take(&mut *opened.lock().unwrap_or_else(|p| p.into_inner()));
+                for c in opened {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, c.close()).await;
+                }
+                r
             }
             Kind::ShortConn => {
                 async_calls(
@@ -121,7 +137,7 @@ pub fn run(
                         p.completed(&client_io);
                     }
                 }
-                c.close().await;
+                let _ = tokio::time::timeout(CLOSE_WAIT, c.close()).await;
                 Ok(p.into_run())
             }
         }
