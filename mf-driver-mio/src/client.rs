@@ -577,17 +577,39 @@ fn first_connect(
 ) -> Result<(mio::net::TcpStream, usize), Error> {
     let mut last = None;
     for (i, addr) in addrs.iter().enumerate() {
-        let s = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
-        tcp.apply(socket2::SockRef::from(&s))?;
-        match s.connect_timeout(&(*addr).into(), timeout) {
-            Ok(()) => {
-                s.set_nonblocking(true)?;
-                return Ok((mio::net::TcpStream::from_std(s.into()), i + 1));
-            }
+        match connect_within(*addr, tcp, timeout) {
+            Ok(s) => return Ok((s, i + 1)),
             Err(e) => last = Some(e),
         }
     }
     Err(Error::Io(last.unwrap_or_else(|| std::io::Error::other("no address"))))
+}
+
+/// A non-blocking connect, waited for here (at most `timeout`): on
+/// loopback it usually completes at once, with no wait at all.
+fn connect_within(
+    addr: SocketAddr,
+    tcp: &TcpOptions,
+    timeout: Duration,
+) -> std::io::Result<mio::net::TcpStream> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let s = start_connect(addr, tcp)?;
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        if crate::io::connect_finished(&s)? {
+            return Ok(s);
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let ts = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as _ };
+        let mut fds = [PollFd::new(&s, PollFlags::OUT)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn lost(reason: CloseReason, fate: Fate) -> Failure {

@@ -53,8 +53,10 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// Inbound items handed to the handler per batch (responses to a batch
 /// leave together, one `writev` per connection).
 const HANDLER_BATCH_MAX: usize = 256;
-/// Connections waiting in one worker's hand-off queue.
+/// Connections waiting in one worker's hand-off queue ...
 const HANDOFF_QUEUE_MAX: usize = 4096;
+/// ... and the bytes they carry (what was read with their HELLO).
+const HANDOFF_BYTES_MAX: usize = 16 << 20;
 /// Rounds of transmit/events per pump.
 const PUMP_ROUNDS_MAX: usize = 64;
 /// Timer slack, as in the client: application threads do not wake a worker
@@ -813,34 +815,50 @@ fn read_conn(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, now:
             st.close_conn(&w.registry, conn, now);
             return;
         }
+        // A HELLO that arrived in pieces is completed with exact reads, so
+        // a slow sender holds at most one frame here; otherwise read all.
         let want = match &e.hello {
-            Some(h) => HELLO_FRAME_BYTES - h.len(),
-            None => rbuf.len(),
+            Some(h) if !h.is_empty() => HELLO_FRAME_BYTES - h.len(),
+            _ => rbuf.len(),
         };
         match read_once(&e.stream, &mut rbuf[..want], stats) {
             ReadOutcome::Data(n) => {
                 let conn = e.conn;
                 if let Some(h) = e.hello.as_mut() {
-                    h.extend_from_slice(&rbuf[..n]);
-                    match peek_hello(h) {
-                        Ok(None) => continue,
-                        Ok(Some(hello)) if hello.resume => {
-                            let owner = sh
-                                .owners
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get(&hello.token)
-                                .copied();
-                            if let Some(owner) = owner.filter(|&o| o != w.idx) {
-                                hand_off(sh, w, st, i, owner, now);
-                                return;
+                    let first = h.is_empty();
+                    if !first {
+                        h.extend_from_slice(&rbuf[..n]);
+                    }
+                    let data: &[u8] = if first { &rbuf[..n] } else { h };
+                    let route = match peek_hello(data) {
+                        Ok(None) => {
+                            if first {
+                                h.extend_from_slice(&rbuf[..n]);
                             }
+                            continue;
                         }
-                        Ok(Some(_)) | Err(_) => {}
+                        Ok(Some(hello)) if hello.resume => {
+                            sh.owners.lock().unwrap_or_else(|p| p.into_inner()).get(&hello.token).copied()
+                        }
+                        Ok(Some(_)) | Err(_) => None,
+                    };
+                    if let Some(owner) = route.filter(|&o| o != w.idx) {
+                        if first {
+                            h.extend_from_slice(&rbuf[..n]);
+                        }
+                        hand_off(sh, w, st, i, owner, now);
+                        return;
                     }
                     // Ours (or garbage, which our endpoint closes with a reason).
                     let bytes = e.hello.take().unwrap_or_default();
-                    ep.handle_input(now, conn, &bytes);
+                    if first {
+                        ep.handle_input(now, conn, &rbuf[..n]);
+                        if n < want {
+                            return;
+                        }
+                    } else {
+                        ep.handle_input(now, conn, &bytes);
+                    }
                     continue;
                 }
                 ep.handle_input(now, conn, &rbuf[..n]);
@@ -869,9 +887,11 @@ fn hand_off(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, owner
     // Our endpoint forgets it: it never saw a byte of it.
     st.ep.connection_lost(now, e.conn);
     let target = &sh.workers[owner];
+    let bytes = e.hello.take().unwrap_or_default();
     let mut q = target.handoff.lock().unwrap_or_else(|p| p.into_inner());
-    if q.len() < HANDOFF_QUEUE_MAX {
-        q.push((e.stream, e.hello.take().unwrap_or_default()));
+    let queued: usize = q.iter().map(|(_, b)| b.len()).sum();
+    if q.len() < HANDOFF_QUEUE_MAX && queued + bytes.len() <= HANDOFF_BYTES_MAX {
+        q.push((e.stream, bytes));
         st.handoffs += 1;
         drop(q);
         let _ = target.waker.wake();
