@@ -88,8 +88,8 @@
 //! addresses, so a reconnecting client usually lands on a worker that does
 //! not hold its session. Sessions never move between workers; connections
 //! do. Each worker records `token -> worker` in a shared registry when a
-//! session comes up and removes it when the session ends. A new connection
-//! is read only up to the end of its first frame (the 80-byte HELLO) and
+//! session comes up and removes it when the session ends. Before any
+//! endpoint sees a new connection, its first frame (the 80-byte HELLO) is
 //! routed with [`mf_core::wire::peek_hello`]: a HELLO resuming a session
 //! owned by another worker is handed to that worker (the socket and the
 //! bytes read so far) through its hand-off queue and mio `Waker`, and the
@@ -117,8 +117,9 @@
 //! flight, credit windows, inbox, open requests, sessions and handshakes per
 //! server, handshake and idle timeouts); the driver adds only bounded
 //! buffers (read buffers, one transmit buffer per connection that is kept
-//! only while its socket is full, a hand-off queue of 4096 connections per
-//! worker). [`ServerConfig`] divides `sessions_max` and `handshakes_max`
+//! only while its socket is full, a HELLO that arrives in pieces is
+//! completed with exact reads so a slow sender holds at most 80 bytes, a
+//! hand-off queue of at most 4096 connections and 16 MiB per worker). [`ServerConfig`] divides `sessions_max` and `handshakes_max`
 //! among the workers. Socket options are in [`TcpOptions`].
 //!
 //! ## Shutdown

@@ -11,9 +11,10 @@
 //! 1. every worker records `token -> worker` in a shared registry when a
 //!    session comes up (`ServerEvent::SessionUp`) and removes it when the
 //!    session ends;
-//! 2. a new connection is read only up to the end of its first frame (the
-//!    80-byte HELLO) and routed with [`mf_core::wire::peek_hello`] before any
-//!    endpoint sees it;
+//! 2. a new connection's first frame (the 80-byte HELLO) is routed with
+//!    [`mf_core::wire::peek_hello`] before any endpoint sees it (the first
+//!    read takes whatever is there; a HELLO that arrives in pieces is
+//!    completed with exact reads, so a slow sender holds at most 80 bytes);
 //! 3. a HELLO that resumes a session owned by another worker is handed to
 //!    that worker, socket and bytes read so far, through the worker's
 //!    hand-off queue and its mio `Waker`; the owner feeds the bytes to its
