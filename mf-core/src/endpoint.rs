@@ -22,6 +22,25 @@ pub struct SessionId(u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(u64);
 
+/// The detail of a CLOSE(SessionUnknown): how long this endpoint has been up
+/// and how long it keeps a session without a connection, both in ms. With
+/// them a client that was never welcomed can tell whether the server could
+/// have seen its first HELLO (see `Session::may_recreate`).
+#[derive(Clone, Copy, Debug, Default)]
+struct CloseDetail {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl CloseDetail {
+    fn unknown_session(uptime_ms: u64, linger_ms: u64) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&uptime_ms.to_le_bytes());
+        bytes[8..].copy_from_slice(&linger_ms.to_le_bytes());
+        CloseDetail { bytes, len: 16 }
+    }
+}
+
 fn pack(idx: u32, generation: u32) -> u64 {
     ((generation as u64) << 32) | idx as u64
 }
@@ -70,8 +89,8 @@ enum ConnState {
         decoder: Decoder,
     },
     Bound(u32),
-    /// A CLOSE frame to write, then nothing.
-    Closing(Option<CloseCode>),
+    /// A CLOSE frame to write (with its detail), then nothing.
+    Closing(Option<(CloseCode, CloseDetail)>),
 }
 
 struct ConnSlot {
@@ -148,10 +167,26 @@ pub struct Endpoint {
     dirty: VecDeque<ConnId>,
     events: VecDeque<ServerEvent>,
     shutting_down: bool,
+    /// The earliest time this endpoint was given: its start, as far as it knows.
+    started: Instant,
+    /// The latest time it was given.
+    latest: Instant,
 }
 
 impl Endpoint {
-    /// A server endpoint. `seed` keys its generator (OS randomness in production).
+    /// A server endpoint started at `now`. `seed` keys its generator (OS
+    /// randomness in production). Knowing its start lets the endpoint tell a
+    /// client whose very first handshake was cut whether it can safely
+    /// create its session afresh (see `CloseCode::SessionUnknown` in WIRE.md).
+    pub fn new_at(config: Config, seed: [u8; 32], now: Instant) -> Result<Endpoint, ConfigError> {
+        let mut ep = Endpoint::new(config, seed)?;
+        ep.saw(now);
+        Ok(ep)
+    }
+
+    /// A server endpoint whose start is the first time it is given (prefer
+    /// [`Endpoint::new_at`]). `seed` keys its generator (OS randomness in
+    /// production).
     pub fn new(config: Config, seed: [u8; 32]) -> Result<Endpoint, ConfigError> {
         config.validate()?;
         Ok(Endpoint {
@@ -170,12 +205,22 @@ impl Endpoint {
             dirty: VecDeque::new(),
             events: VecDeque::new(),
             shutting_down: false,
+            started: Instant::NEVER,
+            latest: Instant::ZERO,
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Track the span of time this endpoint has seen. Its start can only be
+    /// overestimated (a later first call), which makes the uptime it reports
+    /// smaller: the safe direction for `Session::may_recreate`.
+    fn saw(&mut self, now: Instant) {
+        self.started = self.started.min(now);
+        self.latest = self.latest.max(now);
     }
 
     fn conn(&mut self, id: ConnId) -> Option<&mut ConnSlot> {
@@ -205,9 +250,16 @@ impl Endpoint {
     }
 
     fn close_conn(&mut self, id: ConnId, code: Option<CloseCode>, reason: CloseReason) {
+        let detail = match code {
+            Some(CloseCode::SessionUnknown) => {
+                let uptime_ms = self.latest.saturating_since(self.started).as_millis() as u64;
+                CloseDetail::unknown_session(uptime_ms, self.config.session_linger_ms)
+            }
+            _ => CloseDetail::default(),
+        };
         let Some(c) = self.conn(id) else { return };
         let was_handshaking = matches!(c.state, ConnState::Handshaking { .. });
-        c.state = ConnState::Closing(code);
+        c.state = ConnState::Closing(code.map(|c| (c, detail)));
         if was_handshaking {
             self.handshaking -= 1;
         }
@@ -221,6 +273,7 @@ impl Endpoint {
     /// `handshake_timeout_ms`. Past `handshakes_max` (or while shutting down)
     /// it is closed at once with a typed reason.
     pub fn accept(&mut self, now: Instant) -> ConnId {
+        self.saw(now);
         let idx = match self.conn_free.pop() {
             Some(i) => i as usize,
             None => {
@@ -256,6 +309,7 @@ impl Endpoint {
 
     /// Bytes read from `conn`.
     pub fn handle_input(&mut self, now: Instant, conn: ConnId, mut data: &[u8]) {
+        self.saw(now);
         let Some(c) = self.conn(conn) else { return };
         match &mut c.state {
             ConnState::Handshaking { decoder } => {
@@ -397,6 +451,7 @@ impl Endpoint {
 
     /// Run due timers: handshake deadlines and every session whose timer is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.saw(now);
         while let Some(&(deadline, conn)) = self.handshake_q.front() {
             if deadline > now {
                 break;
@@ -430,8 +485,8 @@ impl Endpoint {
         let Some(c) = self.conn(conn) else { return };
         match &mut c.state {
             ConnState::Closing(code) => {
-                if let Some(code) = code.take() {
-                    encode::close(buf, code, b"");
+                if let Some((code, d)) = code.take() {
+                    encode::close(buf, code, &d.bytes[..d.len]);
                 }
             }
             ConnState::Bound(idx) => {

@@ -24,6 +24,9 @@ pub struct Stats {
     pub resumes: u64,
     /// Connections lost or closed while the session lived.
     pub disconnects: u64,
+    /// Times the session was created afresh because the server proved it never
+    /// saw the first HELLO (a cut during the very first handshake).
+    pub recreated: u64,
     /// Responses that arrived after their call had ended (deadline, cancel).
     pub late_responses: u64,
     /// Smoothed round-trip time from PING/PONG and handshakes, in microseconds (0 before any sample).

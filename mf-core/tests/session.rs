@@ -512,3 +512,50 @@ fn request_ids_are_never_reused_within_a_session() {
         .collect();
     assert_eq!(responses, vec![(second, Bytes::from("answer to SECOND"))]);
 }
+
+#[test]
+fn a_cut_during_the_first_handshake_recreates_the_session() {
+    // The server has been up a while before the client arrives.
+    let mut net = net(21);
+    net.run_for(Duration::from_millis(1_000), 10_000);
+    let c = net.add_client(fast_config());
+    let ids: Vec<_> = (0..5u8).map(|i| net.client(c).send(0, Bytes::from(vec![i; 8])).unwrap()).collect();
+    net.connect(c);
+    // The HELLO never arrives whole: reset after 40 of its 80 bytes.
+    net.cut_after(c, Dir::Up, 40);
+    let got = drain_server(&mut net, 5);
+    let bodies: Vec<u8> = got.iter().map(|m| m.body()[0]).collect();
+    assert_eq!(bodies, vec![0, 1, 2, 3, 4], "each exactly once, in order");
+    assert_eq!(net.client(c).stats().recreated, 1);
+    net.run_for(Duration::from_millis(20), 10_000);
+    let events = client_events(&mut net, c);
+    for id in ids {
+        assert!(events.contains(&Event::Delivered(id)), "{events:?}");
+    }
+}
+
+#[test]
+fn a_server_restart_during_the_first_handshake_still_fails_explicitly() {
+    let mut net = net(22);
+    net.run_for(Duration::from_millis(1_000), 10_000);
+    let c = net.add_client(fast_config());
+    let id = net.client(c).send(0, "maybe").unwrap();
+    net.connect(c);
+    // The server takes the HELLO and the message, then restarts before its
+    // WELCOME leaves: the new process is younger than the client's HELLO, so
+    // the client cannot prove the message was not delivered.
+    net.run_until(STEPS, |net| net.server.session_count() == 1);
+    net.restart_server();
+    let mut events = Vec::new();
+    net.run_until(STEPS, |net| {
+        events.extend(client_events(net, c));
+        events.iter().any(|e| matches!(e, Event::SessionEnded { .. }))
+    });
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::SendFailed { id: i, failure } if *i == id && failure.fate == Fate::Unknown)
+        ),
+        "{events:?}"
+    );
+    assert_eq!(net.client(c).stats().recreated, 0);
+}

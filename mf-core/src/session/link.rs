@@ -172,6 +172,7 @@ impl Session {
         self.timers.stop(Timer::SessionExpiry);
         self.backoff_attempt = 0;
         self.welcomed = true;
+        self.recreate = false;
         if h.resume {
             self.stats.resumes += 1;
         }
@@ -208,8 +209,8 @@ impl Session {
         match f {
             Frame::Welcome(h) if awaiting && self.role == Role::Client => self.on_welcome(now, &h)?,
             Frame::Hello(_) | Frame::Welcome(_) => return Err(CloseCode::UnexpectedFrame),
-            Frame::Close { code, .. } => {
-                self.on_peer_close(now, code);
+            Frame::Close { code, detail } => {
+                self.on_peer_close(now, code, detail);
                 return Ok(false);
             }
             _ if awaiting => return Err(CloseCode::UnexpectedFrame),
@@ -232,13 +233,45 @@ impl Session {
         Ok(self.link.state != LinkState::Down && !self.is_ended())
     }
 
-    fn on_peer_close(&mut self, now: Instant, code: CloseCode) {
+    fn on_peer_close(&mut self, now: Instant, code: CloseCode, detail: &[u8]) {
         let reason = CloseReason { code, by_peer: true };
         if code.is_transient() {
             self.close_link(now, reason, false);
+        } else if code == CloseCode::SessionUnknown && self.may_recreate(now, detail) {
+            // The server cannot have seen our first HELLO: start the session
+            // afresh under the same token and resend everything from 0.
+            self.recreate = true;
+            self.stats.recreated += 1;
+            self.close_link(now, reason, false);
+            self.backoff_attempt = 0;
+            self.timers.set(Timer::Reconnect, now);
         } else {
             self.end(now, reason);
         }
+    }
+
+    /// After CLOSE(SessionUnknown) to a client that was never welcomed: can
+    /// it prove the server never saw its first HELLO (so nothing it sent can
+    /// have been delivered)? The detail carries the server's uptime and
+    /// linger, in ms. If the server's process started before our first HELLO
+    /// left (its start, in our clock, is at most `now - uptime`) and less
+    /// than its linger has passed since, then that process was up when any
+    /// of our bytes could have arrived and could not yet have expired the
+    /// session: it would know the token. A margin of 50 ms plus 1% covers
+    /// clock-rate differences.
+    fn may_recreate(&self, now: Instant, detail: &[u8]) -> bool {
+        if self.role != Role::Client || self.welcomed || detail.len() != 16 {
+            return false;
+        }
+        let first = self.first_hello_at;
+        if first == Instant::NEVER {
+            return false;
+        }
+        let uptime_ms = u64::from_le_bytes(detail[..8].try_into().unwrap_or([0; 8]));
+        let linger_ms = u64::from_le_bytes(detail[8..].try_into().unwrap_or([0; 8]));
+        let since_ms = now.saturating_since(first).as_millis() as u64;
+        let margin_ms = 50 + since_ms / 100;
+        uptime_ms > since_ms + margin_ms && since_ms + margin_ms < linger_ms
     }
 
     /// A received data frame: number it, drop it if seen before, process it.
@@ -391,8 +424,9 @@ impl Session {
                     // went out with an earlier HELLO: the server may hold
                     // it, and a new session must never receive it twice.
                     // Until then a retry may create the session afresh.
-                    let resume = self.welcomed || self.tx.next_seq > 0;
+                    let resume = (self.welcomed || self.tx.next_seq > 0) && !self.recreate;
                     self.link.resumed = resume;
+                    self.first_hello_at = self.first_hello_at.min(now);
                     let h = self.own_handshake(resume);
                     encode::handshake(buf, FrameType::Hello, &h);
                 }

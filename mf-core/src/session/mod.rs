@@ -214,8 +214,6 @@ pub(crate) struct TxCounters {
     pub(crate) next_seq: u64,
     /// The peer has every data frame below this.
     pub(crate) acked_seq: u64,
-    /// Sequence number of `log[0]`.
-    pub(crate) log_base: u64,
     /// Messages/requests whose first frame was sent, and their bytes.
     pub(crate) admitted_msgs: u64,
     pub(crate) admitted_bytes: u64,
@@ -266,16 +264,18 @@ pub struct Session {
     pub(crate) stats: Stats,
     /// Client: a WELCOME has been received at least once.
     pub(crate) welcomed: bool,
+    /// Client: the server proved it never saw our first HELLO; create anew.
+    pub(crate) recreate: bool,
+    /// Client: when the first HELLO went out (NEVER before).
+    pub(crate) first_hello_at: Instant,
     /// Client: failed connection attempts since the last WELCOME.
     pub(crate) backoff_attempt: u32,
-    /// Seeded xorshift state for backoff jitter and hash keys.
-    pub(crate) jitter: u64,
     /// Test-only fault: process duplicate frames as new.
     pub(crate) dedup_disabled: bool,
 }
 
 impl Session {
-    pub(crate) fn new(role: Role, token: Token, config: Arc<Config>, seed: u64) -> Self {
+    pub(crate) fn new(role: Role, token: Token, config: Arc<Config>, _seed: u64) -> Self {
         #[cfg(feature = "testing")]
         let dedup_disabled = config.fault_disable_dedup;
         #[cfg(not(feature = "testing"))]
@@ -294,8 +294,9 @@ impl Session {
             timers: TimerTable::default(),
             stats: Stats::default(),
             welcomed: false,
+            recreate: false,
+            first_hello_at: Instant::NEVER,
             backoff_attempt: 0,
-            jitter: seed | 1,
             dedup_disabled,
         }
     }
@@ -324,6 +325,12 @@ impl Session {
             self.bufs = None;
         }
         self.link.decoder.reset();
+    }
+
+    /// Sequence number of the oldest frame in the retransmission log (the
+    /// log holds every frame from there to `next_seq`).
+    pub(crate) fn log_base(&self) -> u64 {
+        self.tx.next_seq - self.bufs.as_deref().map_or(0, |b| b.log.len() as u64)
     }
 
     pub(crate) fn push_event(&mut self, e: Event) {
@@ -571,13 +578,24 @@ impl Session {
     }
 
     pub(crate) fn jitter_below(&mut self, max: u64) -> u64 {
-        // xorshift64*: deterministic from the session's seed.
-        let mut x = self.jitter;
-        x ^= x >> 12;
-        x ^= x << 25;
+        // Stateless and deterministic: a mix of the session's secret token
+        // and how many times it has disconnected and retried.
+        let t = u64::from_le_bytes([
+            self.token.0[8],
+            self.token.0[9],
+            self.token.0[10],
+            self.token.0[11],
+            self.token.0[12],
+            self.token.0[13],
+            self.token.0[14],
+            self.token.0[15],
+        ]);
+        let mut x = t ^ (self.stats.disconnects << 32) ^ self.backoff_attempt as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x ^= x >> 27;
-        self.jitter = x;
-        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        if max == 0 { 0 } else { r % (max + 1) }
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        if max == 0 { 0 } else { x % (max + 1) }
     }
 }

@@ -441,14 +441,14 @@ impl Session {
     /// Drop log entries below `upto` (they are acknowledged and, on this
     /// connection, already re-sent or not needed).
     pub(crate) fn trim_log(&mut self, upto: u64) {
-        if self.tx.log_base >= upto {
+        let base = self.log_base();
+        if base >= upto {
             return;
         }
-        let n = (upto - self.tx.log_base) as usize;
+        let n = (upto - base) as usize;
         if let Some(b) = self.bufs.as_deref_mut() {
             let n = n.min(b.log.len());
             b.log.drain(..n);
-            self.tx.log_base += n as u64;
         }
     }
 
@@ -495,7 +495,7 @@ impl Session {
         };
         let budget = buf.len() + self.config.transmit_bytes_max as usize;
         while self.link.xmit_seq < self.tx.next_seq && buf.len() < budget {
-            let i = (self.link.xmit_seq - self.tx.log_base) as usize;
+            let i = (self.link.xmit_seq - (self.tx.next_seq - b.log.len() as u64)) as usize;
             b.log[i].encode(buf);
             self.link.xmit_seq += 1;
             self.stats.frames_retransmitted += 1;

@@ -109,8 +109,8 @@ impl SimNet {
     /// A network with one server. `seed` decides everything random.
     pub fn new(seed: u64, server_config: Config, net: NetConfig) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let server =
-            Endpoint::new(server_config.clone(), seed_from_u64(rng.next_u64())).expect("valid server config");
+        let server = Endpoint::new_at(server_config.clone(), seed_from_u64(rng.next_u64()), Instant::ZERO)
+            .expect("valid server config");
         SimNet {
             now: Instant::ZERO,
             rng,
@@ -259,7 +259,8 @@ impl SimNet {
             }
         }
         let seed = seed_from_u64(self.rng.next_u64());
-        self.server = Endpoint::new(self.server_config.clone(), seed).expect("valid server config");
+        self.server =
+            Endpoint::new_at(self.server_config.clone(), seed, self.now).expect("valid server config");
     }
 
     fn drop_link(&mut self, i: usize, notify: bool) {
