@@ -96,17 +96,36 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Peak resident memory since the last [`reset_peak_rss`], in bytes.
-pub fn peak_rss_bytes() -> u64 {
+/// Give memory the allocator holds but no longer uses back to the system
+/// (glibc keeps freed memory resident otherwise, which would be counted
+/// against the next run).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Resident memory now, in bytes.
+pub fn rss_bytes() -> u64 {
+    status_kb("VmRSS:") * 1024
+}
+
+fn status_kb(field: &str) -> u64 {
     if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
         for line in s.lines() {
-            if let Some(v) = line.strip_prefix("VmHWM:") {
-                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                return kb * 1024;
+            if let Some(v) = line.strip_prefix(field) {
+                return v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
             }
         }
     }
     0
+}
+
+/// Peak resident memory since the last [`reset_peak_rss`], in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    status_kb("VmHWM:") * 1024
 }
 
 // --- allocations ------------------------------------------------------------
@@ -255,8 +274,12 @@ pub struct RunFigures {
     pub calls: u64,
     /// CPU, wall time and syscalls of the measured phase.
     pub measured: Measured,
-    /// Peak resident memory of the process during it.
+    /// Peak resident memory of the process during the run (server start,
+    /// connections, warm-up and measured phase).
     pub peak_rss_bytes: u64,
+    /// That peak minus the resident memory just before the run started
+    /// (after free memory was given back): what the run's two ends added.
+    pub rss_growth_bytes: u64,
 }
 
 impl RunFigures {
@@ -302,6 +325,9 @@ pub fn measure(
     knobs: &Knobs,
     budget: &Budget,
 ) -> Result<(Histogram<u64>, RunFigures), String> {
+    release_free_memory();
+    let rss_before = rss_bytes();
+    reset_peak_rss();
     pin_current(pin.server_cpu());
     let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
     let server = system.serve(addr, knobs, Some(w.kind));
@@ -315,7 +341,8 @@ pub fn measure(
         if run.calls == 0 {
             return Err("no call completed in the measured phase".into());
         }
-        Ok((run.hist, RunFigures { calls: run.calls, measured, peak_rss_bytes }))
+        let rss_growth_bytes = peak_rss_bytes.saturating_sub(rss_before);
+        Ok((run.hist, RunFigures { calls: run.calls, measured, peak_rss_bytes, rss_growth_bytes }))
     });
     pin_current(None);
     result

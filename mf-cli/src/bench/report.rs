@@ -43,6 +43,9 @@ pub struct Figures {
     pub server_writes_per_msg: f64,
     /// Peak resident memory of the process during a run (max over rounds), MiB.
     pub peak_rss_mib: f64,
+    /// Peak resident memory a run added to the process (both ends; max over
+    /// rounds), MiB.
+    pub rss_growth_mib: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -75,6 +78,8 @@ pub fn figures(s: &Series, size: usize) -> Figures {
         client_writes_per_msg: sum(&|r| r.measured.client_io.writes) / (msgs / 2.0),
         server_writes_per_msg: sum(&|r| r.measured.server_io.writes) / (msgs / 2.0),
         peak_rss_mib: s.rounds.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0) as f64 / (1 << 20) as f64,
+        rss_growth_mib: s.rounds.iter().map(|r| r.rss_growth_bytes).max().unwrap_or(0) as f64
+            / (1 << 20) as f64,
     }
 }
 
@@ -218,7 +223,7 @@ impl Report<'_> {
         let _ = writeln!(o, "\n## {}{depth}{conns}\n", w.label());
         let _ = writeln!(
             o,
-            "| pin | system | p50 us | p99 us | p99.9 us | calls/s | MiB/s | CPU us/msg | writes/msg | reads/msg | peak RSS MiB | vs {} |",
+            "| pin | system | p50 us | p99 us | p99.9 us | calls/s | MiB/s | CPU us/msg | writes/msg | reads/msg | +RSS MiB | vs {} |",
             floor_for(w.kind).name()
         );
         let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
@@ -245,7 +250,7 @@ impl Report<'_> {
                     f.cpu_us_per_msg,
                     f.writes_per_msg,
                     f.reads_per_msg,
-                    f.peak_rss_mib,
+                    f.rss_growth_mib,
                     vs
                 );
             }

@@ -15,7 +15,7 @@ pub mod raw_std;
 pub mod raw_tokio;
 pub mod transport;
 
-use crate::bench::harness::{IoCounts, new_histogram, process_cpu, record, reset_peak_rss};
+use crate::bench::harness::{IoCounts, new_histogram, process_cpu, record};
 use crate::bench::workloads::{Budget, Kind, Workload};
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
@@ -157,8 +157,8 @@ pub struct Measured {
     pub server_io: IoCounts,
 }
 
-/// Marks the measured phase of a run: snapshots CPU time, syscall counters
-/// and peak memory at its start and end.
+/// Marks the measured phase of a run: snapshots CPU time and syscall
+/// counters at its start and end.
 pub struct Meter {
     server_io: Arc<dyn Fn() -> IoCounts + Send + Sync>,
     state: Mutex<MeterState>,
@@ -182,7 +182,6 @@ impl Meter {
 
     /// The measured phase starts; `client_io` is the client's count now.
     pub fn begin(&self, client_io: IoCounts) {
-        reset_peak_rss();
         let server = (self.server_io)();
         self.lock().start = Some((Instant::now(), process_cpu(), client_io, server));
     }
