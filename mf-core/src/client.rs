@@ -140,6 +140,7 @@ impl Client {
     pub fn cancel(&mut self, id: ReqId) -> bool {
         let ok = self.s.end_call(id, crate::error::FailReason::Cancelled);
         self.s.sync_call_timer();
+        self.s.check_send_room();
         ok
     }
 

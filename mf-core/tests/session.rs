@@ -559,3 +559,37 @@ fn a_server_restart_during_the_first_handshake_still_fails_explicitly() {
     );
     assert_eq!(net.client(c).stats().recreated, 0);
 }
+
+#[test]
+fn send_room_follows_a_refusal_once() {
+    let mut net = net(23);
+    let c = net.add_client(Config { send_queue_msgs_max: 4, calls_in_flight_max: 2, ..fast_config() });
+    for _ in 0..4 {
+        net.client(c).send(0, "q").unwrap();
+    }
+    assert!(matches!(net.client(c).send(0, "full"), Err(SendError::Full(_))));
+    net.connect(c);
+    net.run_for(Duration::from_millis(5), 1000);
+    let rooms = client_events(&mut net, c).iter().filter(|e| **e == Event::SendRoom).count();
+    assert_eq!(rooms, 1, "once the queue drained");
+    // No refusal, no event.
+    net.client(c).send(0, "fine").unwrap();
+    net.run_for(Duration::from_millis(5), 1000);
+    assert!(!client_events(&mut net, c).contains(&Event::SendRoom));
+    // Calls in flight count too: room appears when an answer frees a slot.
+    net.client(c).call(0, "a", None).unwrap();
+    net.client(c).call(0, "b", None).unwrap();
+    assert!(matches!(net.client(c).call(0, "c", None), Err(SendError::Full(_))));
+    // Four queued messages, "fine", and the two requests.
+    let got = drain_server(&mut net, 7);
+    let sid = net.session_of(c).unwrap();
+    let now = net.now();
+    for m in got {
+        if let Incoming::Request { id, .. } = m {
+            assert_eq!(net.server.respond(now, sid, id, "r"), Ok(true));
+        }
+    }
+    net.run_for(Duration::from_millis(5), 1000);
+    let rooms = client_events(&mut net, c).iter().filter(|e| **e == Event::SendRoom).count();
+    assert_eq!(rooms, 1);
+}

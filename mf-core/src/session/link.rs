@@ -202,6 +202,8 @@ impl Session {
             self.end(now, CloseReason { code, by_peer: false });
         }
         self.check_drained(now);
+        // Answers free call slots.
+        self.check_send_room();
     }
 
     fn on_frame(&mut self, now: Instant, f: Frame<'_>) -> Result<bool, CloseCode> {

@@ -118,6 +118,10 @@ pub enum Event {
     /// Client: time to open a new connection (after backoff) and call
     /// `connected`.
     Reconnect,
+    /// The send queue (or the calls in flight) has room again after a `send`
+    /// or `call` was refused with `SendError::Full`: wake blocked senders.
+    /// Emitted once per refusal episode.
+    SendRoom,
     /// The session is over. Every message and call still pending has had its
     /// failure event before this one. Messages already in the inbox can still
     /// be taken with `recv`.
@@ -222,6 +226,8 @@ pub(crate) struct TxCounters {
     /// What the peer application has taken, as far as we know.
     pub(crate) peer_consumed_msgs: u64,
     pub(crate) peer_consumed_bytes: u64,
+    /// A send or call was refused as full; `SendRoom` is due once room appears.
+    pub(crate) send_blocked: bool,
     /// Accepted and not fully transmitted.
     pub(crate) queued_msgs: u32,
     pub(crate) queued_bytes: u64,
@@ -437,6 +443,8 @@ impl Session {
         }
         self.link_timers(now);
         self.check_drained(now);
+        // Deadlines free call slots.
+        self.check_send_room();
     }
 
     fn expire_calls(&mut self, now: Instant) {

@@ -339,6 +339,31 @@ impl Sched<'_> {
 }
 
 impl Session {
+    /// Remember a refusal for being full, so `SendRoom` follows.
+    fn refused(&mut self, e: SendError) -> SendError {
+        if matches!(e, SendError::Full(_)) {
+            self.tx.send_blocked = true;
+        }
+        e
+    }
+
+    /// After anything that frees queue room or a call slot: if a send was
+    /// refused as full and there is room now, tell the driver once.
+    pub(crate) fn check_send_room(&mut self) {
+        if !self.tx.send_blocked || self.is_ended() {
+            return;
+        }
+        let c = &self.config;
+        let calls = self.bufs.as_deref().map_or(0, |b| b.calls.live);
+        if self.tx.queued_msgs < c.send_queue_msgs_max
+            && self.tx.queued_bytes < c.send_queue_bytes_max
+            && calls < c.calls_in_flight_max
+        {
+            self.tx.send_blocked = false;
+            self.push_event(Event::SendRoom);
+        }
+    }
+
     /// Can `body` be queued now? Responses (`respond`) are still accepted
     /// while closing: a closing server answers what it took.
     fn check_send(&self, body: &Bytes, respond: bool) -> Result<(), fn(Bytes) -> SendError> {
@@ -377,7 +402,7 @@ impl Session {
     /// Queue a one-way message.
     pub(crate) fn send(&mut self, channel: u16, body: Bytes) -> Result<MsgId, SendError> {
         if let Err(e) = self.check_send(&body, false) {
-            return Err(e(body));
+            return Err(self.refused(e(body)));
         }
         let id = MsgId(self.tx.next_msg_id);
         self.tx.next_msg_id += 1;
@@ -393,11 +418,11 @@ impl Session {
         deadline: Option<Instant>,
     ) -> Result<ReqId, SendError> {
         if let Err(e) = self.check_send(&body, false) {
-            return Err(e(body));
+            return Err(self.refused(e(body)));
         }
         let max = self.config.calls_in_flight_max;
         if self.bufs.as_deref().is_some_and(|b| b.calls.live >= max) {
-            return Err(SendError::Full(body));
+            return Err(self.refused(SendError::Full(body)));
         }
         let seq = self.tx.next_call_seq;
         self.tx.next_call_seq += 1;
@@ -416,7 +441,7 @@ impl Session {
             return Ok(false);
         }
         if let Err(e) = self.check_send(&body, true) {
-            return Err(e(body));
+            return Err(self.refused(e(body)));
         }
         let Some(channel) = self.bufs().open.answer(req.0) else {
             return Ok(false);
@@ -537,5 +562,6 @@ impl Session {
         self.bufs = Some(b);
         let upto = self.tx.acked_seq.min(self.link.xmit_seq);
         self.trim_log(upto);
+        self.check_send_room();
     }
 }

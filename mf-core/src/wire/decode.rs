@@ -315,6 +315,10 @@ pub fn peek_hello(data: &[u8]) -> Result<Option<Handshake>, CloseCode> {
     if h.ty != FrameType::Hello as u8 {
         return Err(CloseCode::UnexpectedFrame);
     }
+    // The same codes the endpoint's handshake decoder gives for these bytes.
+    if h.len as usize > HANDSHAKE_BODY_LEN {
+        return Err(CloseCode::FrameTooLarge);
+    }
     if h.len as usize != HANDSHAKE_BODY_LEN || h.channel != 0 {
         return Err(CloseCode::MalformedFrame);
     }
