@@ -594,7 +594,15 @@ impl Endpoint {
         let Some(idx) = self.session_idx(session) else {
             return Ok(false);
         };
-        self.with_session(idx, |s| s.respond(req, body)).unwrap_or(Ok(false))
+        let slot = &mut self.sessions[idx as usize];
+        let Some(s) = slot.session.as_mut() else { return Ok(false) };
+        let r = s.respond(req, body);
+        // Answering only queues output (no events, no timers): mark the
+        // connection dirty and skip the full sync.
+        if let Some(conn) = slot.conn {
+            self.mark_dirty(conn);
+        }
+        r
     }
 
     /// Refuse a request taken with `recv`: the call fails with
