@@ -248,25 +248,19 @@ pub fn run(args: BenchArgs) -> ExitCode {
     if let Some(only) = &args.workloads {
         workloads.retain(|w| only.iter().any(|o| o.eq_ignore_ascii_case(w.kind.id())));
     }
+    // The short knob check: one knob changed at a time on W1-W3 at 64 B,
+    // first pinning; each variant runs right after its default case, so the
+    // two are compared side by side.
+    let knob_sets = sweep::knob_settings(false);
+    let knob_workloads = [Workload::w1(64), Workload::w2(64), Workload::standard()[2]];
     let mut cases: Vec<Case> = Vec::new();
     for w in &workloads {
         for &pin in &pins {
             cases.push(Case { workload: *w, pin, knobs: 0 });
-        }
-    }
-    // The short knob check: one knob changed at a time, 64 B, first pinning.
-    let knob_sets = sweep::knob_settings(false);
-    if !args.no_knobs {
-        for (k, _) in knob_sets.iter().enumerate().skip(1) {
-            for w in [Workload::w1(64), Workload::w2(64), Workload::standard()[2]] {
-                if args
-                    .workloads
-                    .as_ref()
-                    .is_some_and(|o| !o.iter().any(|o| o.eq_ignore_ascii_case(w.kind.id())))
-                {
-                    continue;
+            if !args.no_knobs && pin == pins[0] && knob_workloads.contains(w) {
+                for k in 1..knob_sets.len() {
+                    cases.push(Case { workload: *w, pin, knobs: k });
                 }
-                cases.push(Case { workload: w, pin: pins[0], knobs: k });
             }
         }
     }

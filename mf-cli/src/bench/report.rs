@@ -111,6 +111,11 @@ pub fn ratio(results: &Results, key: Key, against: System) -> Option<Ratio> {
     })
 }
 
+/// Whether `ratio` is a change of more than `threshold` either way.
+pub fn big_change(ratio: f64, threshold: f64) -> bool {
+    ratio > 1.0 + threshold || ratio < 1.0 / (1.0 + threshold)
+}
+
 /// The reference a workload's target compares with (P5: raw-tokio).
 pub fn floor_for(kind: Kind) -> System {
     if kind == Kind::FanIn { System::RawTokio } else { System::RawStd }
@@ -393,6 +398,34 @@ impl Report<'_> {
         }
     }
 
+    /// Run-to-run spread of identical runs: for every default-knob case with
+    /// two or more rounds, (max - min) / median of its rates; returns the
+    /// median and the 90th percentile of those spreads.
+    pub fn spread(&self) -> Option<(f64, f64)> {
+        let mut v: Vec<f64> = self
+            .results
+            .series
+            .iter()
+            .filter(|(k, s)| k.knobs == 0 && s.rounds.len() >= 2)
+            .map(|(_, s)| {
+                let rates: Vec<f64> = s.rounds.iter().map(|r| r.rate()).collect();
+                let (lo, hi) = rates.iter().fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+                (hi - lo) / median(rates)
+            })
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        Some((v[v.len() / 2], v[(v.len() * 9 / 10).min(v.len() - 1)]))
+    }
+
+    /// The change a knob must make to count as an effect: 20%, or the
+    /// run-to-run spread of identical runs if that is larger.
+    pub fn effect_threshold(&self) -> f64 {
+        self.spread().map_or(0.2, |(_, p90)| p90.max(0.2))
+    }
+
     /// Knob effects: (knob name, workload, system, rate ratio, p50 ratio)
     /// relative to default knobs, same pinning, same system.
     pub fn knob_effects(&self) -> Vec<(String, Workload, Pin, System, f64, f64)> {
@@ -478,6 +511,17 @@ impl Report<'_> {
             }
         }
         let _ = writeln!(o, "\n**2. Which TCP socket parameters matter for them?**\n");
+        let threshold = self.effect_threshold();
+        if let Some((median, p90)) = self.spread() {
+            let _ = writeln!(
+                o,
+                "Run-to-run spread of identical runs in this invocation: median {:.0}%, 90th percentile {:.0}%; \
+                 a knob counts when it moves the rate or p50 by more than {:.0}%.\n",
+                median * 100.0,
+                p90 * 100.0,
+                threshold * 100.0
+            );
+        }
         let effects = self.knob_effects();
         if effects.is_empty() {
             let _ = writeln!(o, "- (knob check skipped; run `mf bench sweep`)");
@@ -490,11 +534,15 @@ impl Report<'_> {
             let mine: Vec<_> = effects.iter().filter(|e| e.0 == name).collect();
             let big: Vec<String> = mine
                 .iter()
-                .filter(|e| (e.4 - 1.0).abs() >= 0.15 || (e.5 - 1.0).abs() >= 0.15)
+                .filter(|e| big_change(e.4, threshold) || big_change(e.5, threshold))
                 .map(|e| format!("{} {} rate {:.2}x p50 {:.2}x", e.3.name(), e.1.kind.id(), e.4, e.5))
                 .collect();
             if big.is_empty() {
-                let _ = writeln!(o, "- {name}: no change beyond 15% on W1-W3 at 64 B for any system.");
+                let _ = writeln!(
+                    o,
+                    "- {name}: no change beyond {:.0}% on W1-W3 at 64 B for any system.",
+                    threshold * 100.0
+                );
             } else {
                 let _ = writeln!(o, "- {name}: {}.", big.join("; "));
             }

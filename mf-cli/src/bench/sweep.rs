@@ -6,7 +6,7 @@
 
 use crate::bench::harness::Key;
 use crate::bench::probe::Probe;
-use crate::bench::report::{Report, figures, knob_name, load_average, ratio};
+use crate::bench::report::{Report, big_change, figures, knob_name, load_average, ratio};
 use crate::bench::systems::{Knobs, System};
 use crate::bench::workloads::{Kind, Workload, fmt_size, parse_size};
 use crate::bench::{Case, CommonArgs, run_plan};
@@ -98,9 +98,20 @@ pub fn run(args: SweepArgs) -> ExitCode {
     let _ = writeln!(
         o,
         "Knobs are changed one at a time from the defaults (nodelay on, quickack off, kernel buffer autotuning, batching on). \
-         Ratios compare a run with the knob changed to the default run of the same system in the same round; \
-         below 0.85x or above 1.15x counts as an effect (run-to-run noise on this machine is about 5-10%).\n"
+         Ratios compare a run with the knob changed to the default run of the same system in the same round \
+         (the two run one after the other).\n"
     );
+    if let Some((median, p90)) = rep.spread() {
+        let _ = writeln!(
+            o,
+            "Run-to-run spread of identical runs (default knobs, same case, across rounds): median {:.0}%, \
+             90th percentile {:.0}%. A knob counts as changing something when it moves the rate or the p50 by more \
+             than {:.0}% (the larger of 20% and that 90th percentile).\n",
+            median * 100.0,
+            p90 * 100.0,
+            rep.effect_threshold() * 100.0
+        );
+    }
 
     let _ = writeln!(o, "## The message API's overhead over the raw stream, default knobs\n");
     let _ = writeln!(
@@ -131,17 +142,19 @@ pub fn run(args: SweepArgs) -> ExitCode {
     }
 
     let effects = rep.knob_effects();
+    let threshold = rep.effect_threshold();
     let _ = writeln!(o, "\n## What each knob changes\n");
     for (k, knobs) in knob_sets.iter().enumerate().skip(1) {
         let name = knob_name(knobs);
         let mine: Vec<_> = effects.iter().filter(|e| e.0 == name).collect();
         let big: Vec<_> =
-            mine.iter().filter(|e| (e.4 - 1.0).abs() >= 0.15 || (e.5 - 1.0).abs() >= 0.15).collect();
+            mine.iter().filter(|e| big_change(e.4, threshold) || big_change(e.5, threshold)).collect();
         let _ = writeln!(o, "### {name}\n");
         if big.is_empty() {
             let _ = writeln!(
                 o,
-                "No effect beyond 15% in any of the {} cases measured (largest rate change {:.2}x).\n",
+                "No effect beyond {:.0}% in any of the {} cases measured (largest rate change {:.2}x).\n",
+                threshold * 100.0,
                 mine.len(),
                 mine.iter().map(|e| e.4).fold(1.0, |m: f64, r| if (r - 1.0).abs() > (m - 1.0).abs() {
                     r
@@ -150,7 +163,13 @@ pub fn run(args: SweepArgs) -> ExitCode {
                 })
             );
         } else {
-            let _ = writeln!(o, "Changes beyond 15% in {} of {} cases:\n", big.len(), mine.len());
+            let _ = writeln!(
+                o,
+                "Changes beyond {:.0}% in {} of {} cases:\n",
+                threshold * 100.0,
+                big.len(),
+                mine.len()
+            );
             for e in &big {
                 let _ = writeln!(
                     o,
