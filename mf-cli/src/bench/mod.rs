@@ -156,7 +156,8 @@ pub struct Case {
     pub knobs: usize,
 }
 
-/// Run every case `rounds` times, systems interleaved (rotated each round).
+/// Run every case `rounds` times, systems interleaved (rotated each round),
+/// the plan forwards in even rounds and backwards in odd ones.
 /// `systems_for` picks the systems of a case.
 pub fn run_plan(
     cases: &[Case],
@@ -185,7 +186,12 @@ pub fn run_plan(
     }
     let mut results = Results::default();
     for round in 0..rounds {
-        for case in cases {
+        // Odd rounds run the plan backwards, so that a case's place in the
+        // sequence (what ran just before it) does not favour one side of a
+        // comparison.
+        let order: Vec<&Case> =
+            if round % 2 == 1 { cases.iter().rev().collect() } else { cases.iter().collect() };
+        for case in order {
             let mut systems = systems_for(case);
             let n = systems.len().max(1);
             systems.rotate_left(round % n);
