@@ -111,6 +111,11 @@ pub fn ratio(results: &Results, key: Key, against: System) -> Option<Ratio> {
     })
 }
 
+/// Allocations per message are the difference of two runs' counts divided
+/// by the difference of their messages; a few allocations that happen in one
+/// run and not the other (a map or queue growing once) move it by this much.
+const ALLOCS_RESOLUTION: f64 = 0.01;
+
 /// Whether `ratio` is a change of more than `threshold` either way.
 pub fn big_change(ratio: f64, threshold: f64) -> bool {
     ratio > 1.0 + threshold || ratio < 1.0 / (1.0 + threshold)
@@ -368,8 +373,12 @@ impl Report<'_> {
                     self.probe.idle_server_bytes.map_or("?".into(), |b| format!("{b} B")),
                     if detail.is_empty() { "not measured".into() } else { detail.join(", ") }
                 ),
-                goal: "idle <= 512 B, <= 1 allocation/msg",
-                met: worst.map(|a| a <= 1.0 && self.probe.idle_client_bytes <= 512),
+                goal: "idle <= 512 B, <= 1 allocation/msg (to 0.01, the resolution of the differential count)",
+                met: worst.map(|a| {
+                    a <= 1.0 + ALLOCS_RESOLUTION
+                        && self.probe.idle_client_bytes <= 512
+                        && self.probe.idle_server_bytes.is_none_or(|b| b <= 512)
+                }),
             });
         }
         v.sort_by_key(|x| (x.target, x.system, x.pin));
