@@ -209,3 +209,45 @@ impl Budget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_bounds() {
+        assert_eq!(parse_size("64"), Ok(64));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("17m").is_err());
+        assert!(parse_size("lots").is_err());
+        assert_eq!(fmt_size(64), "64 B");
+        assert_eq!(fmt_size(4096), "4 KiB");
+        assert_eq!(fmt_size(1 << 20), "1 MiB");
+    }
+
+    #[test]
+    fn the_check_catches_a_reply_to_another_call() {
+        for size in [16, 64, 4096, 1 << 20] {
+            let b = Bodies::new(size);
+            for i in 0..300u64 {
+                assert!(b.check(i, b.body(i)).is_ok());
+                assert!(b.check(i, b.body(i + 1)).is_err(), "size {size}: call {i} vs {}", i + 1);
+            }
+            assert!(b.check(0, &b.body(0)[..size - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn pipeline_depth_bounds_bytes_in_flight() {
+        assert_eq!(Workload::w2(64).depth(), PIPELINE_DEPTH);
+        for size in [16, 1024, 4096, 65_536, 1 << 20] {
+            let w = Workload::w2(size);
+            assert!(w.depth() >= 1 && w.depth() <= PIPELINE_DEPTH);
+            assert!(w.depth() == 1 || (w.depth() - 1) * (size + 4) <= PIPELINE_BYTES_MAX, "size {size}");
+        }
+    }
+}

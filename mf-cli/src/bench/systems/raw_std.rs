@@ -295,3 +295,73 @@ fn pipeline(
     }
     Ok(p.into_run())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its bytes in chunks of fixed sizes.
+    struct Chunks(Vec<u8>, Vec<usize>);
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let want = if self.1.is_empty() { self.0.len() } else { self.1.remove(0) };
+            let n = want.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.drain(..n);
+            Ok(n)
+        }
+    }
+
+    fn framed(bodies: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for b in bodies {
+            v.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            v.extend_from_slice(b);
+        }
+        v
+    }
+
+    #[test]
+    fn frames_split_anywhere_come_out_whole_and_in_order() {
+        let bodies: Vec<Vec<u8>> =
+            vec![b"a".to_vec(), vec![7u8; 100_000], Vec::new(), b"last".to_vec(), vec![9u8; 70_000]];
+        let wire = framed(&bodies);
+        for chunk in [1, 3, 4, 5, 4096, 65_536] {
+            let mut r = Chunks(wire.clone(), vec![chunk; wire.len()]);
+            let mut fr = FrameReader::default();
+            let io = IoCounters::default();
+            let mut got = Vec::new();
+            while got.len() < bodies.len() {
+                match fr.frame().unwrap() {
+                    Some(b) => got.push(b.to_vec()),
+                    None => fr.fill(&mut r, &io).unwrap(),
+                }
+            }
+            assert_eq!(got, bodies, "chunk {chunk}");
+            assert!(io.snapshot().reads >= (wire.len() / chunk.max(1)).min(wire.len()) as u64 / 2);
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_an_error_not_an_allocation() {
+        let mut wire = ((MESSAGE_BYTES_MAX + 1) as u32).to_le_bytes().to_vec();
+        wire.extend_from_slice(b"xx");
+        let mut fr = FrameReader::default();
+        fr.fill(&mut Chunks(wire, vec![]), &IoCounters::default()).unwrap();
+        assert_eq!(fr.frame().unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(fr.space().unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn write_frame_is_one_writev_and_a_valid_frame() {
+        let io = IoCounters::default();
+        let mut out = Vec::new();
+        write_frame(&mut out, b"hello", &io).unwrap();
+        assert_eq!(out, framed(&[b"hello".to_vec()]));
+        assert_eq!(io.snapshot().writes, 1);
+    }
+}
