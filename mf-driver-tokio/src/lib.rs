@@ -51,14 +51,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod calls;
 mod client;
 mod clock;
 mod error;
+mod io_stats;
 mod server;
 pub mod transport;
 
 pub use client::{Client, ClientOptions, PendingCall, Receipt, SessionOver};
 pub use error::{CallError, ConnectError, ReceiptError};
+pub use io_stats::IoStats;
 pub use server::{Handler, Message, Request, Server, ServerOptions};
 
 pub use mf_core::{

@@ -3,31 +3,43 @@
 //! - the accept task registers each new connection with the endpoint and
 //!   spawns its connection task;
 //! - a connection task reads (many frames per read) into the endpoint and
-//!   writes what the endpoint queued for it (many frames per `writev`);
+//!   writes what the endpoint queued for it (many frames per `writev`). When
+//!   a [`Handler`] is installed it also serves: it takes the requests that
+//!   are ready (a batch per lock acquisition), polls each handler future
+//!   once in place (spawning a task only for one that is still pending),
+//!   answers the batch under one lock and writes the answers in one write;
+//! - the serve task runs one-way messages through the handler in arrival
+//!   order, and takes over serving whenever a connection task stopped at a
+//!   limit;
 //! - the timer task sleeps until the endpoint's next deadline;
-//! - the application takes messages and requests with [`Server::recv`] (the
-//!   pull API) or hands them to a [`Handler`] with [`Server::serve`].
+//! - or the application takes messages and requests with [`Server::recv`]
+//!   (the pull API).
 //!
-//! The endpoint sits behind a mutex that is never held across an `.await`.
-//! After every input, the holder drains the endpoint's outputs (the core's
-//! driver loop): transmit into each dirty connection's buffer (up to a high
-//! water mark: the core keeps the rest), events, timer.
+//! The endpoint sits behind a mutex that is never held across an `.await`,
+//! a socket call or a handler. After every input, the holder drains the
+//! endpoint's outputs (the core's driver loop): transmit into each dirty
+//! connection's buffer (up to a high water mark: the core keeps the rest),
+//! events, timer.
 
-use crate::client::{Receipt, os_seed};
+use crate::client::{Batching, Receipt, os_seed};
 use crate::clock::Clock;
+use crate::io_stats::IoStats;
 use crate::transport::{Listen, Stream};
 use bytes::Bytes;
 use mf_core::{
     Config, ConfigError, ConnId, Endpoint, Event, Failure, Incoming, MsgId, ReqId, SendError, ServerEvent,
     SessionId, TransmitBuf,
 };
-use std::collections::BTreeMap;
-use std::future::Future;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::{Future, poll_fn};
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{Notify, oneshot};
 
 const READ_BUF_BYTES: usize = 64 << 10;
 const WRITE_HIGH_WATER_BYTES: usize = 256 << 10;
@@ -37,6 +49,15 @@ const CLOSE_FLUSH_MS: u64 = 200;
 /// Rounds of (transmit, events) per drain; each round empties both queues
 /// unless events marked more connections dirty.
 const DRAIN_ROUNDS_MAX: usize = 16;
+/// Items a serving task takes per lock acquisition.
+const SERVE_BATCH_MAX: usize = 64;
+/// One-way messages taken and waiting for the handler, at most.
+const MESSAGES_QUEUED_MAX: usize = 1024;
+/// Rounds of (read, serve, write) per connection-task turn before it
+/// yields to other tasks.
+const ROUNDS_PER_TURN: usize = 16;
+/// Writes per flush before the connection task yields.
+const WRITES_PER_FLUSH: usize = 16;
 
 /// How a [`Server`] is set up.
 #[derive(Clone, Debug)]
@@ -50,13 +71,33 @@ pub struct ServerOptions {
     /// Open connections at most; more are accepted and closed at once.
     /// Default 16 384.
     pub connections_max: usize,
-    /// Requests handled at once by [`Server::serve`]. Default 1024.
+    /// Handler futures still pending after their first poll, at most, for
+    /// [`Server::serve`] (a handler that answers at once never counts).
+    /// Default 1024.
     pub handlers_max: usize,
+    /// Write batching per connection:
+    ///
+    /// - `None` (the default): a connection's output leaves at its task's
+    ///   next turn: the answers to every request of one read go in one
+    ///   write, and answers given through the pull API ([`Server::respond`])
+    ///   meanwhile join them.
+    /// - `Some(0)`: no batching for [`Server::serve`]: each answer is written
+    ///   on its own, one write per response (the pull API writes at the
+    ///   connection task's next turn, as with `None`).
+    /// - `Some(us)`: output queued within `us` microseconds of the
+    ///   connection's previous write waits until then.
+    pub write_batch_us: Option<u64>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { config: Config::default(), seed: None, connections_max: 16_384, handlers_max: 1024 }
+        ServerOptions {
+            config: Config::default(),
+            seed: None,
+            connections_max: 16_384,
+            handlers_max: 1024,
+            write_batch_us: None,
+        }
     }
 }
 
@@ -78,20 +119,36 @@ type ReceiptTx = oneshot::Sender<Result<(), Failure>>;
 struct ConnOut {
     /// Bytes the endpoint queued for this connection, not yet taken by its task.
     buf: TransmitBuf,
-    notify: Arc<Notify>,
+    /// The connection task's waker, and whether it was woken since its turn.
+    waker: Option<Waker>,
+    woken: bool,
     /// The endpoint closed it: write `buf`, then close the socket.
     closing: bool,
+}
+
+impl ConnOut {
+    fn wake(&mut self) {
+        if !self.woken {
+            if let Some(w) = &self.waker {
+                w.wake_by_ref();
+                self.woken = true;
+            }
+        }
+    }
 }
 
 struct State {
     ep: Endpoint,
     conns: BTreeMap<ConnId, ConnOut>,
     receipts: BTreeMap<(SessionId, MsgId), ReceiptTx>,
+    /// One-way messages taken for the handler, in arrival order.
+    messages: VecDeque<Message>,
     /// The deadline the timer task sleeps until.
     timer_armed: mf_core::Instant,
     shutting_down: bool,
     stopped: bool,
     connections_max: usize,
+    io: IoStats,
 }
 
 struct Inner {
@@ -103,6 +160,11 @@ struct Inner {
     status: Notify,
     accept_stop: Notify,
     handlers_max: usize,
+    batching: Batching,
+    /// Handler futures running in tasks of their own.
+    handlers_running: AtomicUsize,
+    /// Set by [`Server::serve`].
+    dispatch: OnceLock<Arc<dyn Dispatch>>,
 }
 
 /// What a drain asks the caller to signal once the lock is released.
@@ -143,10 +205,17 @@ impl Inner {
             let mut st = self.lock();
             let now = self.clock.now();
             let r = f(&mut st, now);
-            (r, drain(&mut st, now))
+            (r, drain(&mut st, now, None))
         };
         self.signal(s);
         r
+    }
+
+    /// Room for more served work: pending handlers and queued messages
+    /// under their limits.
+    fn may_serve(&self, st: &State) -> bool {
+        self.handlers_running.load(Ordering::Relaxed) < self.handlers_max
+            && st.messages.len() < MESSAGES_QUEUED_MAX
     }
 }
 
@@ -164,17 +233,49 @@ fn fill(ep: &mut Endpoint, now: mf_core::Instant, conn: ConnId, buf: &mut Transm
 }
 
 /// The core's driver loop for the endpoint: transmit, events, timer.
-fn drain(st: &mut State, now: mf_core::Instant) -> Signals {
+/// Connections with new output are woken, except `me` (the caller, which
+/// takes its own output itself).
+fn drain(st: &mut State, now: mf_core::Instant, me: Option<ConnId>) -> Signals {
+    drain_deferring(st, now, me, false, false).0
+}
+
+/// [`drain`], optionally leaving `me`'s transmit to the caller, which is
+/// about to answer requests and fills its buffer once afterwards (one pull
+/// for both; `fill_me` is that later call). Returns whether `me` was left
+/// dirty.
+fn drain_deferring(
+    st: &mut State,
+    now: mf_core::Instant,
+    me: Option<ConnId>,
+    defer_me: bool,
+    mut fill_me: bool,
+) -> (Signals, bool) {
     let mut s = Signals::default();
+    let mut me_dirty = false;
     let State { ep, conns, receipts, .. } = st;
     for _ in 0..DRAIN_ROUNDS_MAX {
         let mut more = false;
         while let Some(conn) = ep.poll_dirty() {
+            if defer_me && Some(conn) == me {
+                me_dirty = true;
+                continue;
+            }
+            if Some(conn) == me {
+                fill_me = false;
+            }
             if let Some(c) = conns.get_mut(&conn) {
                 if fill(ep, now, conn, &mut c.buf) {
                     s.room = true;
-                    c.notify.notify_one();
+                    if Some(conn) != me {
+                        c.wake();
+                    }
                 }
+            }
+        }
+        if let Some(conn) = me.filter(|_| fill_me) {
+            fill_me = false;
+            if let Some(c) = conns.get_mut(&conn) {
+                fill(ep, now, conn, &mut c.buf);
             }
         }
         while let Some(e) = ep.poll_event() {
@@ -184,7 +285,7 @@ fn drain(st: &mut State, now: mf_core::Instant) -> Signals {
                     Some(c) => {
                         fill(ep, now, conn, &mut c.buf);
                         c.closing = true;
-                        c.notify.notify_one();
+                        c.wake();
                     }
                     None => ep.connection_lost(now, conn),
                 },
@@ -219,7 +320,53 @@ fn drain(st: &mut State, now: mf_core::Instant) -> Signals {
         st.stopped = true;
         s.status = true;
     }
-    s
+    (s, me_dirty)
+}
+
+/// Answer a request with a handler's result. A refused response (too
+/// large) becomes a rejection, so the call still gets its one outcome.
+fn answer(st: &mut State, now: mf_core::Instant, session: SessionId, id: ReqId, r: Result<Bytes, u16>) {
+    match r {
+        Ok(resp) => {
+            if let Err(e) = st.ep.respond(now, session, id, resp) {
+                tracing::warn!(error = %e, "response refused; rejecting the request");
+                st.ep.reject(now, session, id, u16::MAX);
+            }
+        }
+        Err(code) => {
+            st.ep.reject(now, session, id, code);
+        }
+    }
+}
+
+/// Take up to `max` ready items for the handler: requests into `requests`,
+/// one-way messages onto the state's message queue (the serve task runs
+/// them in order). Returns (the endpoint has nothing more ready, messages
+/// were queued).
+fn take_items(
+    inner: &Inner,
+    st: &mut State,
+    now: mf_core::Instant,
+    requests: &mut Vec<(SessionId, ReqId, Request)>,
+    max: usize,
+) -> (bool, bool) {
+    let mut queued = false;
+    for _ in 0..max {
+        if !inner.may_serve(st) {
+            return (false, queued);
+        }
+        match st.ep.recv(now) {
+            Some((session, Incoming::Request { id, channel, body })) => {
+                requests.push((session, id, Request { session, channel, body }));
+            }
+            Some((session, Incoming::Message { channel, body })) => {
+                st.messages.push_back(Message { session, channel, body });
+                queued = true;
+            }
+            None => return (true, queued),
+        }
+    }
+    (false, queued)
 }
 
 /// A request handed to a [`Handler`].
@@ -249,8 +396,12 @@ pub struct Message {
 /// answers requests and ignores one-way messages.
 pub trait Handler: Send + Sync + 'static {
     /// Answer a request: `Ok(response)`, or `Err(code)` to reject it (the
-    /// call fails with `FailReason::Rejected(code)`). Requests are handled
-    /// concurrently, up to `ServerOptions::handlers_max` at once.
+    /// call fails with `FailReason::Rejected(code)`).
+    ///
+    /// The future is first polled in the task that read the request; one
+    /// that completes at once costs no task of its own (an echo or a
+    /// key-value lookup). One still pending runs in its own task; up to
+    /// `ServerOptions::handlers_max` do so at once.
     fn request(&self, req: Request) -> impl Future<Output = Result<Bytes, u16>> + Send;
 
     /// Take a one-way message. Messages are handled one at a time, in
@@ -268,6 +419,99 @@ where
 {
     fn request(&self, req: Request) -> impl Future<Output = Result<Bytes, u16>> + Send {
         self(req)
+    }
+}
+
+// --- running handler futures ---------------------------------------------------
+
+/// Makes a [`Lane`] per serving task, so connection tasks (which do not know
+/// the handler's type) can run it.
+trait Dispatch: Send + Sync {
+    fn lane(&self) -> Box<dyn Lane>;
+}
+
+/// Runs one task's handler futures.
+trait Lane: Send {
+    /// Start the handler for a request; its answer if it completed on the
+    /// first poll. Otherwise it runs on in a task of its own, which answers.
+    fn request(
+        &mut self,
+        inner: &Arc<Inner>,
+        session: SessionId,
+        id: ReqId,
+        req: Request,
+    ) -> Option<Result<Bytes, u16>>;
+}
+
+struct ServeDispatch<H> {
+    handler: Arc<H>,
+}
+
+impl<H: Handler> Dispatch for ServeDispatch<H> {
+    fn lane(&self) -> Box<dyn Lane> {
+        Box::new(HandlerLane { handler: self.handler.clone(), make: request_future::<H>, slot: None })
+    }
+}
+
+/// The handler's future for one request, owning what it borrows.
+async fn request_future<H: Handler>(handler: Arc<H>, req: Request) -> Result<Bytes, u16> {
+    handler.request(req).await
+}
+
+struct HandlerLane<H, F> {
+    handler: Arc<H>,
+    make: fn(Arc<H>, Request) -> F,
+    /// Pinned room for one future, reused by every request whose handler
+    /// completes at once: serving allocates nothing per request.
+    slot: Option<Pin<Box<Option<F>>>>,
+}
+
+impl<H, F> Lane for HandlerLane<H, F>
+where
+    H: Handler,
+    F: Future<Output = Result<Bytes, u16>> + Send + 'static,
+{
+    fn request(
+        &mut self,
+        inner: &Arc<Inner>,
+        session: SessionId,
+        id: ReqId,
+        req: Request,
+    ) -> Option<Result<Bytes, u16>> {
+        let mut slot = self.slot.take().unwrap_or_else(|| Box::pin(None));
+        slot.set(Some((self.make)(self.handler.clone(), req)));
+        // A no-op waker: a future still pending is polled again at once by
+        // its own task, which registers the real one.
+        let first = match slot.as_mut().as_pin_mut() {
+            Some(f) => f.poll(&mut Context::from_waker(Waker::noop())),
+            None => unreachable!("the slot was just filled"),
+        };
+        match first {
+            Poll::Ready(r) => {
+                slot.set(None);
+                self.slot = Some(slot);
+                Some(r)
+            }
+            Poll::Pending => {
+                inner.handlers_running.fetch_add(1, Ordering::Relaxed);
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let r = poll_fn(|cx| match slot.as_mut().as_pin_mut() {
+                        Some(f) => f.poll(cx),
+                        None => unreachable!("the slot holds the pending future"),
+                    })
+                    .await;
+                    drop(slot);
+                    let was = inner.handlers_running.fetch_sub(1, Ordering::Relaxed);
+                    inner.with(|st, now| answer(st, now, session, id, r));
+                    if was >= inner.handlers_max {
+                        // Serving may have stopped at the limit: resume it.
+                        inner.readable.notify_waiters();
+                    }
+                });
+                None
+            }
+        }
     }
 }
 
@@ -320,10 +564,12 @@ impl Server {
                 ep,
                 conns: BTreeMap::new(),
                 receipts: BTreeMap::new(),
+                messages: VecDeque::new(),
                 timer_armed: mf_core::Instant::NEVER,
                 shutting_down: false,
                 stopped: false,
                 connections_max: options.connections_max.max(1),
+                io: IoStats::default(),
             }),
             clock: Clock::new(),
             timer: Notify::new(),
@@ -332,6 +578,9 @@ impl Server {
             status: Notify::new(),
             accept_stop: Notify::new(),
             handlers_max: options.handlers_max.max(1),
+            batching: Batching::new(options.write_batch_us),
+            handlers_running: AtomicUsize::new(0),
+            dispatch: OnceLock::new(),
         });
         tokio::spawn(accept_task(inner.clone(), listener));
         tokio::spawn(timer_task(inner.clone()));
@@ -346,7 +595,17 @@ impl Server {
     ///
     /// Cancel safety: safe; an item is taken only in the poll that returns it.
     pub async fn recv(&self) -> Option<(SessionId, Incoming)> {
-        recv(&self.inner).await
+        loop {
+            let readable = self.inner.readable.notified();
+            let (item, stopped) = self.inner.with(|st, now| (st.ep.recv(now), st.stopped));
+            if item.is_some() {
+                return item;
+            }
+            if stopped {
+                return None;
+            }
+            readable.await;
+        }
     }
 
     /// Take an item if one is waiting. Never waits.
@@ -395,8 +654,6 @@ impl Server {
         let mut body = body.into();
         loop {
             let room = self.inner.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
             match self.try_send(session, channel, body) {
                 Err(SendError::Full(b)) => body = b,
                 r => return r,
@@ -413,10 +670,22 @@ impl Server {
         self.inner.with(|st, now| st.ep.close_session(now, session))
     }
 
-    /// Hand every message and request to `handler` in background tasks.
-    /// Use either this or [`Server::recv`], not both.
+    /// Hand every message and request to `handler`. Use either this or
+    /// [`Server::recv`], not both.
+    ///
+    /// Requests are served by the connection tasks themselves (see
+    /// [`Handler::request`]); one-way messages by one task, in order.
+    ///
+    /// # Panics
+    ///
+    /// If a handler is installed already.
     pub fn serve<H: Handler>(&self, handler: H) {
-        tokio::spawn(serve_task(self.inner.clone(), Arc::new(handler)));
+        let handler = Arc::new(handler);
+        let dispatch: Arc<dyn Dispatch> = Arc::new(ServeDispatch { handler: handler.clone() });
+        assert!(self.inner.dispatch.set(dispatch).is_ok(), "Server::serve called twice");
+        tokio::spawn(serve_task(self.inner.clone(), handler));
+        // Items that arrived before the handler was installed.
+        self.inner.readable.notify_waiters();
     }
 
     /// Stop accepting, close every session gracefully (each drains within
@@ -433,7 +702,7 @@ impl Server {
             st.stopped = true;
             for c in st.conns.values_mut() {
                 c.closing = true;
-                c.notify.notify_one();
+                c.wake();
             }
         });
         self.inner.signal(Signals { status: true, ..Default::default() });
@@ -442,8 +711,6 @@ impl Server {
     async fn stopped(&self) {
         loop {
             let n = self.inner.status.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
             if self.inner.lock().stopped {
                 return;
             }
@@ -470,55 +737,55 @@ impl Server {
     pub fn stats(&self, session: SessionId) -> Option<mf_core::Stats> {
         self.inner.lock().ep.stats(session).cloned()
     }
-}
 
-async fn recv(inner: &Inner) -> Option<(SessionId, Incoming)> {
-    loop {
-        let readable = inner.readable.notified();
-        tokio::pin!(readable);
-        readable.as_mut().enable();
-        let (item, stopped) = inner.with(|st, now| (st.ep.recv(now), st.stopped));
-        if item.is_some() {
-            return item;
-        }
-        if stopped {
-            return None;
-        }
-        readable.await;
+    /// Reads, writes, bytes and wake-ups of all connections so far.
+    pub fn io_stats(&self) -> IoStats {
+        self.inner.lock().io
     }
 }
 
+/// Runs one-way messages through the handler in arrival order, and serves
+/// requests that the connection tasks left (they stop at the limits).
 async fn serve_task<H: Handler>(inner: Arc<Inner>, handler: Arc<H>) {
-    let permits = Arc::new(Semaphore::new(inner.handlers_max));
-    while let Some((session, item)) = recv(&inner).await {
-        match item {
-            Incoming::Message { channel, body } => {
-                handler.message(Message { session, channel, body }).await;
+    let mut lane = ServeDispatch { handler: handler.clone() }.lane();
+    let mut requests = Vec::new();
+    let mut answers = Vec::new();
+    let mut messages = VecDeque::new();
+    loop {
+        let readable = inner.readable.notified();
+        let stopped = {
+            let mut st = inner.lock();
+            let now = inner.clock.now();
+            std::mem::swap(&mut messages, &mut st.messages);
+            take_items(&inner, &mut st, now, &mut requests, SERVE_BATCH_MAX);
+            messages.append(&mut st.messages);
+            let s = drain(&mut st, now, None);
+            let stopped = st.stopped;
+            drop(st);
+            inner.signal(s);
+            stopped
+        };
+        let idle = requests.is_empty() && messages.is_empty();
+        for (session, id, req) in requests.drain(..) {
+            if let Some(r) = lane.request(&inner, session, id, req) {
+                answers.push((session, id, r));
             }
-            Incoming::Request { id, channel, body } => {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let inner = inner.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let r = handler.request(Request { session, channel, body }).await;
-                    inner.with(|st, now| match r {
-                        Ok(resp) => {
-                            // A refused response (too large) becomes a rejection,
-                            // so the call still gets its one outcome.
-                            if let Err(e) = st.ep.respond(now, session, id, resp) {
-                                tracing::warn!(error = %e, "response refused; rejecting the request");
-                                st.ep.reject(now, session, id, u16::MAX);
-                            }
-                        }
-                        Err(code) => {
-                            st.ep.reject(now, session, id, code);
-                        }
-                    });
-                    drop(permit);
-                });
+        }
+        if !answers.is_empty() {
+            inner.with(|st, now| {
+                for (session, id, r) in answers.drain(..) {
+                    answer(st, now, session, id, r);
+                }
+            });
+        }
+        while let Some(m) = messages.pop_front() {
+            handler.message(m).await;
+        }
+        if idle {
+            if stopped {
+                return;
             }
+            readable.await;
         }
     }
 }
@@ -539,7 +806,6 @@ async fn accept_task<L: Listen>(inner: Arc<Inner>, mut listener: L) {
                 continue;
             }
         };
-        let notify = Arc::new(Notify::new());
         let conn = inner.with(|st, now| {
             if st.shutting_down {
                 return Err(true);
@@ -549,12 +815,13 @@ async fn accept_task<L: Listen>(inner: Arc<Inner>, mut listener: L) {
             }
             let conn = st.ep.accept(now);
             st.conns
-                .insert(conn, ConnOut { buf: TransmitBuf::new(), notify: notify.clone(), closing: false });
+                .insert(conn, ConnOut { buf: TransmitBuf::new(), waker: None, woken: false, closing: false });
+            st.io.connections += 1;
             Ok(conn)
         });
         match conn {
             Ok(conn) => {
-                tokio::spawn(conn_task(inner.clone(), conn, stream, notify));
+                tokio::spawn(conn_task(inner.clone(), conn, stream));
             }
             Err(true) => return,
             Err(false) => drop(stream),
@@ -585,69 +852,250 @@ async fn timer_task(inner: Arc<Inner>) {
     }
 }
 
-async fn conn_task<S: Stream>(inner: Arc<Inner>, conn: ConnId, stream: S, notify: Arc<Notify>) {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut out = TransmitBuf::new();
-    let mut rbuf = vec![0u8; READ_BUF_BYTES];
-    let mut closing = false;
-    loop {
-        if out.is_empty() {
-            let gone = inner.with(|st, now| {
-                let State { ep, conns, .. } = st;
-                let Some(c) = conns.get_mut(&conn) else {
-                    return true;
-                };
-                fill(ep, now, conn, &mut c.buf);
-                std::mem::swap(&mut out, &mut c.buf);
-                closing = c.closing;
-                false
-            });
-            if gone {
-                break;
+/// How a connection task's loop ended.
+enum End {
+    /// The endpoint closed the connection: flush, then close.
+    Closing,
+    /// The socket failed or the peer closed it.
+    Lost,
+}
+
+/// One connection: its socket halves (owned: only this task reads and
+/// writes them, outside the lock) and its serving state.
+struct ConnTask<R, W> {
+    inner: Arc<Inner>,
+    conn: ConnId,
+    rd: R,
+    wr: W,
+    /// Output taken from the state, being written.
+    out: TransmitBuf,
+    /// The state's buffer for this connection may hold more.
+    more_out: bool,
+    rbuf: Box<[u8]>,
+    lane: Option<Box<dyn Lane>>,
+    requests: Vec<(SessionId, ReqId, Request)>,
+    answers: Vec<(SessionId, ReqId, Result<Bytes, u16>)>,
+    io: IoStats,
+    last_write: mf_core::Instant,
+    hold: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnTask<R, W> {
+    /// Register this task's waker, note its counters, and take its output
+    /// if the previous is written. True if the endpoint is closing it.
+    fn sync_out(&mut self, st: &mut State, cx: &mut Context<'_>) -> Option<bool> {
+        st.io.add(&self.io);
+        self.io = IoStats::default();
+        let c = st.conns.get_mut(&self.conn)?;
+        c.woken = false;
+        if !c.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            c.waker = Some(cx.waker().clone());
+        }
+        if self.out.is_empty() {
+            std::mem::swap(&mut self.out, &mut c.buf);
+        }
+        self.more_out = !c.buf.is_empty();
+        Some(c.closing)
+    }
+
+    /// Write `out` until it is empty or the socket is full.
+    fn write_out(&mut self, cx: &mut Context<'_>, now: mf_core::Instant) -> Result<(), ()> {
+        for _ in 0..WRITES_PER_FLUSH {
+            if self.out.is_empty() {
+                return Ok(());
+            }
+            let mut iov = [IoSlice::new(&[]); IOV_MAX];
+            let n = self.out.io_slices(&mut iov);
+            match Pin::new(&mut self.wr).poll_write_vectored(cx, &iov[..n]) {
+                Poll::Ready(Ok(k)) if k > 0 => {
+                    self.out.advance(k);
+                    self.io.write_syscalls += 1;
+                    self.io.bytes_written += k as u64;
+                    self.last_write = now;
+                }
+                Poll::Ready(_) => {
+                    self.io.write_syscalls += 1;
+                    return Err(());
+                }
+                Poll::Pending => {
+                    self.io.write_would_block += 1;
+                    return Ok(());
+                }
             }
         }
-        if closing {
-            let rest = async {
-                while !out.is_empty() {
-                    let n = wr.write(out.chunk()).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.advance(n);
+        // Budget spent with more to write: come back after other tasks.
+        cx.waker().wake_by_ref();
+        Ok(())
+    }
+
+    /// Output must wait (`Batching::Hold`): arm the hold timer. True if held.
+    fn held(&mut self, cx: &mut Context<'_>, now: mf_core::Instant) -> bool {
+        let Batching::Hold { us } = self.inner.batching else { return false };
+        let until = self.last_write + Duration::from_micros(us);
+        if now >= until {
+            return false;
+        }
+        let at = self.inner.clock.to_tokio(until);
+        let sleep = self.hold.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        sleep.as_mut().reset(at);
+        if sleep.as_mut().poll(cx).is_ready() {
+            return false;
+        }
+        true
+    }
+
+    /// One turn: (read, take, serve, answer, write) rounds until nothing
+    /// makes progress.
+    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let inner = self.inner.clone();
+        self.io.wakeups += 1;
+        let batch_max = if inner.batching == Batching::Off { 1 } else { SERVE_BATCH_MAX };
+        // One clock read per turn: a turn takes microseconds.
+        let now = inner.clock.now();
+        // The first round always looks at the state (others may have queued
+        // output and woken this task); later ones only when there is new
+        // input or work left over.
+        let mut look = true;
+        for _ in 0..ROUNDS_PER_TURN {
+            let mut again = false;
+            // Input, outside the lock.
+            let mut got = 0;
+            let mut rb = ReadBuf::new(&mut self.rbuf);
+            match Pin::new(&mut self.rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    got = rb.filled().len();
+                    self.io.read_syscalls += 1;
+                    self.io.bytes_read += got as u64;
+                    again = true;
                 }
-                wr.shutdown().await
+                Poll::Ready(_) => {
+                    self.io.read_syscalls += 1;
+                    return Poll::Ready(End::Lost);
+                }
+                Poll::Pending => self.io.read_would_block += 1,
+            }
+            if got == 0 && !look {
+                return Poll::Pending;
+            }
+            look = false;
+            // Feed the endpoint, take what there is to serve, collect output.
+            let mut st = inner.lock();
+            if got > 0 {
+                st.ep.handle_input(now, self.conn, &self.rbuf[..got]);
+            }
+            let serving = self.lane.is_some() || inner.dispatch.get().is_some();
+            let (mut all_taken, mut queued) = (true, false);
+            if serving {
+                (all_taken, queued) = take_items(&inner, &mut st, now, &mut self.requests, batch_max);
+            }
+            let defer = !self.requests.is_empty();
+            let (mut s, me_dirty) = drain_deferring(&mut st, now, Some(self.conn), defer, false);
+            if serving && all_taken && !queued {
+                // Everything ready was taken here: nobody else need look.
+                s.readable = false;
+            }
+            let Some(closing) = self.sync_out(&mut st, cx) else {
+                drop(st);
+                inner.signal(s);
+                return Poll::Ready(End::Lost);
             };
-            let _ = tokio::time::timeout(Duration::from_millis(CLOSE_FLUSH_MS), rest).await;
-            break;
+            drop(st);
+            inner.signal(s);
+            if !all_taken {
+                again = true;
+                look = true;
+            }
+            // Serve, outside the lock; answer the batch under one lock.
+            if !self.requests.is_empty() {
+                if self.lane.is_none() {
+                    self.lane = inner.dispatch.get().map(|d| d.lane());
+                }
+                if let Some(lane) = self.lane.as_mut() {
+                    for (session, id, req) in self.requests.drain(..) {
+                        if let Some(r) = lane.request(&inner, session, id, req) {
+                            self.answers.push((session, id, r));
+                        }
+                    }
+                }
+                if !self.answers.is_empty() || me_dirty {
+                    let mut st = inner.lock();
+                    for (session, id, r) in self.answers.drain(..) {
+                        answer(&mut st, now, session, id, r);
+                    }
+                    let (s, _) = drain_deferring(&mut st, now, Some(self.conn), false, me_dirty);
+                    let gone = self.sync_out(&mut st, cx).is_none();
+                    drop(st);
+                    inner.signal(s);
+                    if gone {
+                        return Poll::Ready(End::Lost);
+                    }
+                }
+            }
+            // Output.
+            if closing {
+                return Poll::Ready(End::Closing);
+            }
+            if !self.out.is_empty() && !self.held(cx, now) {
+                if self.write_out(cx, now).is_err() {
+                    return Poll::Ready(End::Lost);
+                }
+                if self.out.is_empty() && self.more_out {
+                    again = true;
+                    look = true;
+                }
+            }
+            if !again {
+                return Poll::Pending;
+            }
         }
-        let writing = !out.is_empty();
-        let r = tokio::select! {
-            biased;
-            r = async {
-                let mut iov = [IoSlice::new(&[]); IOV_MAX];
-                let n = out.io_slices(&mut iov);
-                wr.write_vectored(&iov[..n]).await
-            }, if writing => match r {
-                Ok(n) if n > 0 => {
-                    out.advance(n);
-                    Ok(())
+        // More to do: come back after other tasks had a turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+async fn conn_task<S: Stream>(inner: Arc<Inner>, conn: ConnId, stream: S) {
+    let (rd, wr) = stream.into_split();
+    let mut t = ConnTask {
+        inner: inner.clone(),
+        conn,
+        rd,
+        wr,
+        out: TransmitBuf::new(),
+        more_out: false,
+        rbuf: vec![0u8; READ_BUF_BYTES].into_boxed_slice(),
+        lane: None,
+        requests: Vec::new(),
+        answers: Vec::new(),
+        io: IoStats::default(),
+        last_write: mf_core::Instant::ZERO,
+        hold: None,
+    };
+    let end = poll_fn(|cx| t.poll_turn(cx)).await;
+    if let End::Closing = end {
+        let rest = async {
+            loop {
+                if t.out.is_empty() {
+                    let mut st = inner.lock();
+                    match st.conns.get_mut(&conn) {
+                        Some(c) if !c.buf.is_empty() => std::mem::swap(&mut t.out, &mut c.buf),
+                        _ => break,
+                    }
                 }
-                _ => Err(()),
-            },
-            r = rd.read(&mut rbuf) => match r {
-                Ok(n) if n > 0 => {
-                    inner.with(|st, now| st.ep.handle_input(now, conn, &rbuf[..n]));
-                    Ok(())
+                while !t.out.is_empty() {
+                    let n = t.wr.write(t.out.chunk()).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    t.out.advance(n);
                 }
-                _ => Err(()),
-            },
-            _ = notify.notified() => Ok(()),
+            }
+            t.wr.shutdown().await
         };
-        if r.is_err() {
-            break;
-        }
+        let _ = tokio::time::timeout(Duration::from_millis(CLOSE_FLUSH_MS), rest).await;
     }
     inner.with(|st, now| {
+        st.io.add(&t.io);
         st.conns.remove(&conn);
         st.ep.connection_lost(now, conn);
     });
