@@ -14,7 +14,8 @@
 
 use crate::config::{ClientConfig, TcpOptions, os_seed};
 use crate::error::Error;
-use crate::io::{IoStats, ReadOutcome, Wrote, connect_finished, read_once, start_connect, write_once};
+use crate::io::{IoStats, ReadOutcome, Wrote, connect_blocking, connect_finished, read_now, read_once};
+use crate::io::{read_waiting, set_blocking, start_connect, wait_readable, with_read_buf, write_once};
 use crate::reactor::{self, Reactor};
 use crate::sync::{Mutex, MutexGuard, lock};
 use crate::waiters::{Slots, Until, WaitList, wait_until};
@@ -23,13 +24,11 @@ use mf_core::{ClientState, CloseReason, Event, FailReason, Failure, Fate, Incomi
 use mf_core::{SendError, Stats, TransmitBuf};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bytes read per `read` call.
-const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Reads per readiness event before yielding to timers and writers.
 const READS_PER_EVENT: usize = 16;
 /// Output gathered before a `writev`.
@@ -37,12 +36,13 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// Rounds of transmit/events per pump (each round drains everything ready;
 /// more rounds only happen while events keep producing output).
 const PUMP_ROUNDS_MAX: usize = 64;
-/// While traffic flows, the reactor visits a client at least this often
-/// (acknowledgement delay, batched writes), so callers need not wake it for
-/// each such deadline.
+/// While application threads are active, the reactor visits a client this
+/// often (the core's acknowledgement delay is 1 ms by default), so callers
+/// need not wake it for each such deadline; once a whole tick passed
+/// without them, it watches the socket for reads again.
 const TICK_MS: u64 = 1;
-/// A leader re-checks its state at least this often, whatever happens to
-/// its socket.
+/// A leader with a deadline (a timed wait, or a call with a deadline)
+/// re-checks its state at least this often, whatever happens to its socket.
 const LEADER_SLICE_MS: u64 = 50;
 
 /// A message received from the server.
@@ -68,9 +68,11 @@ pub struct ClientStats {
 }
 
 struct Conn {
-    /// Shared with a leader polling it, so the descriptor stays open (and
-    /// is not reused) until the leader is done with it.
-    stream: Arc<mio::net::TcpStream>,
+    /// Shared with a leader reading it, so the descriptor stays open (and
+    /// is not reused) until the leader is done with it. In blocking mode
+    /// once connected: a leader waits in `recv` itself; every other read
+    /// and write passes `MSG_DONTWAIT`.
+    stream: Arc<TcpStream>,
     token: Token,
     /// Non-blocking connect in progress, to give up at this time.
     connecting: Option<Instant>,
@@ -106,7 +108,6 @@ struct State {
     next_seq: u32,
     next_addr: usize,
     tx: TransmitBuf,
-    rbuf: Vec<u8>,
     calls: Slots<ReqId, Result<Bytes, Failure>>,
     receipts: Slots<MsgId, Result<(), Failure>>,
     /// Threads in `recv`.
@@ -120,8 +121,12 @@ struct State {
     closing: bool,
     /// When the reactor will visit this client (`NEVER`: not scheduled).
     scheduled_at: Instant,
-    /// An application thread did something since the reactor last visited.
+    /// An application thread did something since the reactor's last
+    /// timer visit.
     active: bool,
+    /// The reactor keeps this client alive for a background close (its
+    /// handles are gone): tell it when the session ends.
+    held: bool,
     /// The last read filled the buffer: read again without waiting.
     read_more: bool,
     stats: IoStats,
@@ -133,7 +138,10 @@ struct State {
     /// A caller is reading the socket itself (see `Shared::wait_call`).
     leading: bool,
     /// The reactor watches the socket for READABLE. Cleared while callers
-    /// lead; restored when nobody leads (at the reactor's next visit).
+    /// lead; restored once a whole tick passed without application
+    /// activity, or at once when a leader stops while others wait. Off on
+    /// the first connection until then, so a connect-call-close client
+    /// never registers its socket at all.
     io_reads: bool,
 }
 
@@ -175,6 +183,7 @@ impl Drop for Handle {
         // until it has ended (within close_timeout_ms).
         st.schedule(&self.sh.env, now);
         if st.ended.is_none() {
+            st.held = true;
             self.sh.env.reactor.hold(self.sh.env.slot, self.sh.clone());
         }
     }
@@ -213,6 +222,8 @@ pub struct PendingCall {
     sh: Arc<Shared>,
     id: ReqId,
     done: bool,
+    /// The call has a deadline (the reactor may fail it without socket input).
+    timed: bool,
     /// The client's write count when the request was queued: if it moved
     /// on, the request has been written, and waiting needs no flush.
     queued_at_write: u64,
@@ -253,7 +264,6 @@ impl Client {
             next_seq: 0,
             next_addr,
             tx: TransmitBuf::new(),
-            rbuf: vec![0; READ_BUFFER_BYTES],
             calls: Slots::new(),
             receipts: Slots::new(),
             readers: WaitList::default(),
@@ -263,13 +273,14 @@ impl Client {
             closing: false,
             scheduled_at: Instant::NEVER,
             active: true,
+            held: false,
             read_more: false,
             stats: IoStats::default(),
             last_close: None,
             last_write_at: Instant::ZERO,
             flush_at: None,
             leading: false,
-            io_reads: true,
+            io_reads: false,
         };
         let sh = Arc::new_cyclic(|weak| {
             let slot = reactor.add(weak.clone());
@@ -288,8 +299,8 @@ impl Client {
             let mut st = lock(&sh.st);
             let token = st.token(env);
             let stream = Arc::new(stream);
+            // Not registered with the reactor yet (see `State::io_reads`).
             st.conn = Some(Conn { stream, token, connecting: None, blocked: false, interest: None });
-            st.sync_interest(env)?;
             st.stats.connections += 1;
             // The HELLO is not written yet: it leaves with the first
             // message, in one write (or at the reactor's first visit).
@@ -469,7 +480,7 @@ impl PendingCall {
     /// Wait for the response (or the call's failure).
     pub fn wait(mut self) -> Result<Bytes, Error> {
         self.sh
-            .wait_call(self.id, self.queued_at_write, Until::Forever, &mut self.done)
+            .wait_call(self.id, self.queued_at_write, Until::Forever, self.timed, &mut self.done)
             .unwrap_or(Err(Error::Timeout))
     }
 
@@ -477,7 +488,7 @@ impl PendingCall {
     /// flight (it goes on; wait again later).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Bytes, Error> {
         self.sh
-            .wait_call(self.id, self.queued_at_write, Until::after(Some(timeout)), &mut self.done)
+            .wait_call(self.id, self.queued_at_write, Until::after(Some(timeout)), self.timed, &mut self.done)
             .unwrap_or(Err(Error::Timeout))
     }
 
@@ -487,7 +498,7 @@ impl PendingCall {
         if self.done {
             return None;
         }
-        self.sh.wait_call(self.id, self.queued_at_write, Until::Now, &mut self.done)
+        self.sh.wait_call(self.id, self.queued_at_write, Until::Now, self.timed, &mut self.done)
     }
 }
 
@@ -574,42 +585,15 @@ fn first_connect(
     addrs: &[SocketAddr],
     tcp: &TcpOptions,
     timeout: Duration,
-) -> Result<(mio::net::TcpStream, usize), Error> {
+) -> Result<(TcpStream, usize), Error> {
     let mut last = None;
     for (i, addr) in addrs.iter().enumerate() {
-        match connect_within(*addr, tcp, timeout) {
+        match connect_blocking(*addr, tcp, timeout) {
             Ok(s) => return Ok((s, i + 1)),
             Err(e) => last = Some(e),
         }
     }
     Err(Error::Io(last.unwrap_or_else(|| std::io::Error::other("no address"))))
-}
-
-/// A non-blocking connect, waited for here (at most `timeout`): on
-/// loopback it usually completes at once, with no wait at all.
-fn connect_within(
-    addr: SocketAddr,
-    tcp: &TcpOptions,
-    timeout: Duration,
-) -> std::io::Result<mio::net::TcpStream> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let s = start_connect(addr, tcp)?;
-    let until = std::time::Instant::now() + timeout;
-    loop {
-        if crate::io::connect_finished(&s)? {
-            return Ok(s);
-        }
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        let ts = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as _ };
-        let mut fds = [PollFd::new(&s, PollFlags::OUT)];
-        match poll(&mut fds, Some(&ts)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 fn lost(reason: CloseReason, fate: Fate) -> Failure {
@@ -653,7 +637,8 @@ impl Shared {
 
     fn call(self: &Arc<Self>, channel: u16, body: Bytes, timeout: Option<Duration>) -> Result<Bytes, Error> {
         let mut p = self.call_start_with(channel, body, timeout, Flush::Now)?;
-        self.wait_call(p.id, p.queued_at_write, Until::Forever, &mut p.done).unwrap_or(Err(Error::Timeout))
+        self.wait_call(p.id, p.queued_at_write, Until::Forever, p.timed, &mut p.done)
+            .unwrap_or(Err(Error::Timeout))
     }
 
     fn call_start(
@@ -672,79 +657,64 @@ impl Shared {
         timeout: Option<Duration>,
         flush: Flush,
     ) -> Result<PendingCall, Error> {
-        let now = self.env.now();
-        let deadline = timeout.map(|d| now + d);
+        let env = &self.env;
+        let deadline = timeout.map(|d| env.now() + d);
         let (mut g, id) = self.submit(body, Until::Forever, |st, b| st.core.call(channel, b, deadline))?;
         g.calls.open(id);
         g.active = true;
         // Read before the pump: a write it makes includes this request.
         let queued_at_write = g.stats.write_syscalls;
-        g.pump(&self.env, now, flush);
-        g.schedule(&self.env, now);
+        // A request joining a batch that already waits for its flush needs
+        // no clock read, no write and no new visit (`core.call` raises no
+        // events; the flush drains them). Anything else runs the pump.
+        let joins_batch = flush == Flush::Batch && g.flush_at.is_some() && deadline.is_none();
+        if !joins_batch {
+            let now = env.now();
+            g.pump(env, now, flush);
+            g.schedule(env, now);
+        }
         drop(g);
-        Ok(PendingCall { sh: self.clone(), id, done: false, queued_at_write })
+        Ok(PendingCall { sh: self.clone(), id, done: false, timed: deadline.is_some(), queued_at_write })
     }
 
     /// Wait for call `id`'s outcome; `None` if `until` passed first.
+    /// `timed`: the call has a deadline of its own.
     fn wait_call(
         &self,
         id: ReqId,
         queued_at_write: u64,
         until: Until,
+        timed: bool,
         done: &mut bool,
     ) -> Option<Result<Bytes, Error>> {
         let env = &self.env;
         let mut g = lock(&self.st);
         g.flush_held(env, queued_at_write);
+        let mut waited = false;
         loop {
             // Pipelined calls usually find their answer already here.
-            if g.calls.is_done(id) || {
-                g.run_due_timers(env);
-                g.calls.is_done(id)
-            } {
-                let r = g.calls.take(id)?;
+            if let Some(r) = g.calls.take(id) {
                 *done = true;
                 return Some(r.map_err(Error::from_failure));
+            }
+            if waited {
+                // The reactor runs the core's timers; a thread back from a
+                // wait runs those already due, in case the reactor is late.
+                g.run_due_timers(env);
+                if let Some(r) = g.calls.take(id) {
+                    *done = true;
+                    return Some(r.map_err(Error::from_failure));
+                }
             }
             let left = until.remaining();
             if left == Some(Duration::ZERO) {
                 return None;
             }
+            waited = true;
             let conn = g.conn.as_ref().filter(|c| c.connecting.is_none());
             let lead = conn.map(|c| (c.token, c.stream.clone())).filter(|_| env.caller_reads && !g.leading);
             if let Some((token, stream)) = lead {
-                // Lead: wait for the socket (or a deadline) ourselves, so the
-                // response wakes this thread directly. Whoever drops the
-                // connection meanwhile shuts the socket down, which ends the
-                // wait; the slice bounds it regardless.
-                g.leading = true;
-                g.set_io_reads(env, false);
-                let now = env.now();
-                let d = g.next_deadline();
-                let mut timeout = if d == Instant::NEVER { None } else { Some(d.saturating_since(now)) };
-                if let Some(l) = left {
-                    timeout = Some(timeout.map_or(l, |t| t.min(l)));
-                }
-                drop(g);
-                wait_readable(&stream, timeout);
-                drop(stream);
-                g = lock(&self.st);
-                // Reading to the end under the lock, before giving up the
-                // lead, leaves nothing the reactor skipped meanwhile.
-                g.leading = false;
-                g.stats.leader_waits += 1;
-                let now = env.now();
-                if g.conn.as_ref().is_some_and(|c| c.token == token) {
-                    g.read_all(env, now);
-                }
-                g.pump(env, now, Flush::Now);
-                if g.calls.has_waiters() || g.receipts.has_waiters() || !g.readers.is_empty() {
-                    // Others wait for the socket: the reactor reads for them.
-                    g.set_io_reads(env, true);
-                }
-                // Otherwise the reactor restores its reads at its next visit.
-                g.active = true;
-                g.schedule(env, now);
+                g = self.lead(g, token, &stream, left, timed);
                 continue;
             }
             g.calls.register(id, crate::sync::current());
@@ -752,6 +722,80 @@ impl Shared {
             crate::sync::park(left);
             g = lock(&self.st);
         }
+    }
+
+    /// Read the socket ourselves until something arrives ("leader"), so a
+    /// response wakes the thread that waits for it, with no other thread
+    /// involved. An untimed wait is one blocking `recv` (as raw blocking TCP
+    /// does); nothing but socket input can end it early, because every
+    /// other end of the wait shuts the socket down (a lost connection, the
+    /// session's end, `disconnect`). A wait with a deadline (`left`, or
+    /// the call's own) polls, at most until that deadline, the next core
+    /// timer and one leader slice, then reads without blocking.
+    fn lead<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, State>,
+        token: Token,
+        stream: &TcpStream,
+        left: Option<Duration>,
+        timed: bool,
+    ) -> MutexGuard<'a, State> {
+        let env = &self.env;
+        g.leading = true;
+        g.set_io_reads(env, false);
+        let poll_for = if left.is_none() && !timed {
+            None
+        } else {
+            let now = env.now();
+            let d = g.next_deadline();
+            let mut t = Duration::from_millis(LEADER_SLICE_MS);
+            if d != Instant::NEVER {
+                t = t.min(d.saturating_since(now));
+            }
+            Some(left.map_or(t, |l| t.min(l)))
+        };
+        drop(g);
+        with_read_buf(|buf| {
+            let r = match poll_for {
+                None => Some(read_waiting(stream, buf)),
+                Some(t) => wait_readable(stream, t).then(|| read_now(stream, buf)),
+            };
+            let mut g = lock(&self.st);
+            g.leading = false;
+            g.stats.leader_waits += 1;
+            if let Some(r) = &r {
+                g.stats.count_read(r);
+            }
+            let now = env.now();
+            // Bytes of a connection dropped meanwhile are not this session's
+            // any more (the core resends what matters on the next one).
+            if g.conn.as_ref().is_some_and(|c| c.token == token) {
+                match r {
+                    Some(ReadOutcome::Data(n)) => {
+                        g.core.handle_input(now, &buf[..n]);
+                        if n == buf.capacity() {
+                            g.read_all(env, now, buf);
+                        }
+                    }
+                    Some(ReadOutcome::Closed) => g.lose_conn(env, now),
+                    Some(ReadOutcome::WouldBlock) | None => {}
+                }
+            }
+            g.pump(env, now, Flush::Now);
+            if g.calls.has_waiters()
+                || g.receipts.has_waiters()
+                || !g.readers.is_empty()
+                || !g.closers.is_empty()
+                || !g.senders.is_empty()
+            {
+                // Others wait for the socket: the reactor reads for them.
+                g.set_io_reads(env, true);
+            }
+            // Otherwise the reactor restores its reads once callers are idle.
+            g.active = true;
+            g.schedule(env, now);
+            g
+        })
     }
 
     fn send(self: &Arc<Self>, channel: u16, body: Bytes, until: Until) -> Result<Receipt, Error> {
@@ -803,14 +847,11 @@ impl Shared {
         let mut g = lock(&self.st);
         let now = self.env.now();
         g.closing = true;
+        // Blocked senders get their message back (`Closed`).
+        g.senders.wake_all();
         g.core.close(now);
         g.pump(&self.env, now, Flush::Now);
         g.schedule(&self.env, now);
-        if g.ended.is_none() {
-            // Draining takes time (receipts, answers, the close timer).
-            drop(g);
-            g = lock(&self.st);
-        }
         let close_ms = g.core.config().close_timeout_ms;
         // The core ends the session within close_timeout_ms; the margin only
         // guards against a driver bug turning into a hang.
@@ -887,8 +928,14 @@ impl State {
 
     /// Ask the reactor to visit when something is next due: a core timer, a
     /// pending connect's deadline, a batch's flush; within a tick while
-    /// traffic flows or while nobody watches the socket for reads.
+    /// application threads are active or while nobody watches the socket
+    /// for reads.
     fn schedule(&mut self, env: &Env, now: Instant) {
+        let tick = self.active;
+        self.schedule_with(env, now, tick);
+    }
+
+    fn schedule_with(&mut self, env: &Env, now: Instant, tick: bool) {
         if self.ended.is_some() {
             return;
         }
@@ -896,7 +943,7 @@ impl State {
         if self.read_more {
             at = now;
         }
-        if self.active || (!self.io_reads && !self.leading) {
+        if tick || (!self.io_reads && !self.leading) {
             at = at.min(now.add_millis(TICK_MS));
         }
         if at < self.scheduled_at {
@@ -925,17 +972,15 @@ impl State {
             if !hold {
                 self.transmit(env, now);
             }
-            let mut n = 0;
+            let mut again = false;
             while let Some(e) = self.core.poll_event() {
-                n += 1;
-                self.on_event(env, now, e);
+                again |= self.on_event(env, now, e);
             }
-            if n == 0 {
+            // Another round only if an event fed the core (a connection
+            // closed or opened): completions and wake-ups make no output.
+            if !again {
                 break;
             }
-        }
-        if !self.senders.is_empty() {
-            self.senders.wake_all();
         }
     }
 
@@ -947,10 +992,15 @@ impl State {
             if c.connecting.is_some() || c.blocked {
                 return;
             }
+            let max = self.core.config().transmit_bytes_max as usize;
+            let mut drained = false;
             while self.tx.len() < FLUSH_BYTES {
                 let before = self.tx.len();
                 self.core.poll_transmit(now, &mut self.tx);
-                if self.tx.len() == before {
+                // At most `transmit_bytes_max` per call, so less means the
+                // core has nothing more now: no second call to find that out.
+                if self.tx.len() - before < max {
+                    drained = true;
                     break;
                 }
             }
@@ -959,6 +1009,7 @@ impl State {
             }
             self.last_write_at = now;
             match write_once(&*c.stream, &mut self.tx, &mut self.stats) {
+                Ok(Wrote::Progress) if drained && self.tx.is_empty() => return,
                 Ok(Wrote::Progress) => {}
                 Ok(Wrote::Blocked) => {
                     c.blocked = true;
@@ -975,13 +1026,17 @@ impl State {
         }
     }
 
-    fn on_event(&mut self, env: &Env, now: Instant, e: Event) {
+    /// Act on one event; true if that fed the core an input (it may have
+    /// output now).
+    fn on_event(&mut self, env: &Env, now: Instant, e: Event) -> bool {
         match e {
             Event::Response { id, body } => self.calls.complete(id, Ok(body)),
             Event::CallFailed { id, failure } => self.calls.complete(id, Err(failure)),
             Event::Delivered(id) => self.receipts.complete(id, Ok(())),
             Event::SendFailed { id, failure } => self.receipts.complete(id, Err(failure)),
             Event::Readable => self.readers.wake_all(),
+            // Once per refusal episode: the refused senders try again.
+            Event::SendRoom => self.senders.wake_all(),
             Event::ConnectionClosed { reason } => {
                 self.last_close = Some(reason);
                 // Say why (a CLOSE frame), best effort, then hang up.
@@ -993,13 +1048,19 @@ impl State {
                 }
                 self.drop_conn(env);
                 self.core.connection_lost(now);
+                return true;
             }
-            Event::Reconnect => self.reconnect(env, now),
+            Event::Reconnect => {
+                self.reconnect(env, now);
+                return true;
+            }
             Event::SessionEnded { reason } => {
                 self.ended = Some(reason);
-                // One more visit lets the reactor release a client it keeps
-                // alive for a background close.
-                env.reactor.schedule(env.slot, Instant::ZERO, false);
+                if self.held {
+                    // One more visit lets the reactor release the client it
+                    // keeps alive for this background close.
+                    env.reactor.schedule(env.slot, Instant::ZERO, false);
+                }
                 self.drop_conn(env);
                 // The core failed every pending item before this event; these
                 // only catch what a future core might not.
@@ -1011,6 +1072,7 @@ impl State {
             }
             _ => {}
         }
+        false
     }
 
     fn reconnect(&mut self, env: &Env, now: Instant) {
@@ -1024,6 +1086,8 @@ impl State {
                 self.stats.connections += 1;
                 let at = now.add_millis(timeout_ms);
                 let stream = Arc::new(stream);
+                // A reconnect is watched from the start (it needs WRITABLE anyway).
+                self.io_reads = true;
                 self.conn =
                     Some(Conn { stream, token, connecting: Some(at), blocked: false, interest: None });
                 if self.sync_interest(env).is_err() {
@@ -1074,7 +1138,6 @@ impl State {
     /// Close the socket and forget its unsent bytes (the core resends what
     /// matters after the next connect).
     fn drop_conn(&mut self, env: &Env) {
-        self.io_reads = true;
         if let Some(c) = self.conn.take() {
             if c.interest.is_some() {
                 let _ = env.reactor.registry().deregister(&mut SourceFd(&c.stream.as_raw_fd()));
@@ -1107,6 +1170,11 @@ impl State {
             match connect_finished(&c.stream) {
                 Ok(true) => {
                     c.connecting = None;
+                    // Blocking mode from now on: a leader waits in `recv`.
+                    if set_blocking(&c.stream).is_err() {
+                        self.lose_conn(env, now);
+                        return;
+                    }
                     self.core.connected(now);
                     if self.sync_interest(env).is_err() {
                         self.lose_conn(env, now);
@@ -1130,20 +1198,21 @@ impl State {
                 }
             }
         }
-        // While a caller leads, it reads (its poller saw this edge too).
+        // While a caller leads, it reads.
         if readable && !self.leading {
-            self.read_all(env, now);
+            with_read_buf(|buf| self.read_all(env, now, buf));
         }
     }
 
-    fn read_all(&mut self, env: &Env, now: Instant) {
+    /// Read until the socket is drained (bounded), feeding the core.
+    fn read_all(&mut self, env: &Env, now: Instant, buf: &mut Vec<u8>) {
         self.read_more = false;
         for _ in 0..READS_PER_EVENT {
             let Some(c) = self.conn.as_mut().filter(|c| c.connecting.is_none()) else { return };
-            match read_once(&*c.stream, &mut self.rbuf, &mut self.stats) {
+            match read_once(&*c.stream, buf, &mut self.stats) {
                 ReadOutcome::Data(n) => {
-                    self.core.handle_input(now, &self.rbuf[..n]);
-                    if n < self.rbuf.len() {
+                    self.core.handle_input(now, &buf[..n]);
+                    if n < buf.capacity() {
                         return;
                     }
                 }
@@ -1158,18 +1227,6 @@ impl State {
     }
 }
 
-/// Wait until `s` is readable (or hung up), at most `timeout` and at most
-/// one leader slice.
-fn wait_readable(s: &mio::net::TcpStream, timeout: Option<Duration>) {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let slice = Duration::from_millis(LEADER_SLICE_MS);
-    let t = timeout.map_or(slice, |t| t.min(slice));
-    let ts = Timespec { tv_sec: t.as_secs() as i64, tv_nsec: t.subsec_nanos() as _ };
-    let mut fds = [PollFd::new(s, PollFlags::IN)];
-    // EINTR or an error only means one more round of the caller's loop.
-    let _ = poll(&mut fds, Some(&ts));
-}
-
 impl Shared {
     /// The reactor's visit: socket readiness (`ev`) or a due timer (`None`).
     /// True once the session has ended.
@@ -1178,28 +1235,31 @@ impl Shared {
         let mut st = lock(&self.st);
         st.stats.wakeups += 1;
         let now = env.now();
+        let mut tick = false;
         match ev {
             Some((token, readable, writable)) => {
                 if st.conn.as_ref().is_some_and(|c| c.token == token) {
                     st.on_socket(env, now, readable, writable);
                 }
             }
-            None => st.scheduled_at = Instant::NEVER,
-        }
-        if !st.leading && !st.io_reads {
-            // Nobody leads any more: read again (the re-registration reports
-            // data that arrived meanwhile).
-            st.set_io_reads(env, true);
+            None => {
+                st.scheduled_at = Instant::NEVER;
+                // Application threads were active during the last tick: keep
+                // ticking. After a whole tick without them, nobody leads any
+                // more: read again (the registration reports data that
+                // arrived meanwhile).
+                tick = std::mem::take(&mut st.active);
+                if !tick && !st.leading && !st.io_reads {
+                    st.set_io_reads(env, true);
+                }
+            }
         }
         if st.read_more && !st.leading {
-            st.read_all(env, now);
+            with_read_buf(|buf| st.read_all(env, now, buf));
         }
         st.on_timers(env, now);
         st.pump(env, now, Flush::Now);
-        if ev.is_none() {
-            st.active = false;
-        }
-        st.schedule(env, now);
+        st.schedule_with(env, now, tick);
         st.ended.is_some()
     }
 }

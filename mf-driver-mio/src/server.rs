@@ -24,9 +24,9 @@
 
 use crate::config::{ServerConfig, TcpOptions, os_seed};
 use crate::error::Error;
-use crate::io::{IoStats, ReadOutcome, Wrote, listen, read_once, write_once};
+use crate::io::{IoStats, ReadOutcome, Wrote, listen, read_exact_part, read_once, write_once};
 use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, lock};
-use crate::waiters::{ReadySignal, Slots, Until, wait_until};
+use crate::waiters::{IdHasher, ReadySignal, Slots, Until, wait_until};
 use bytes::Bytes;
 use mf_core::wire::{HANDSHAKE_BODY_LEN, HEADER_LEN, peek_hello};
 use mf_core::{ConnId, Endpoint, Event, Failure, Incoming, Instant, MsgId, ReqId, ServerEvent, SessionId};
@@ -35,6 +35,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::SockRef;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -185,7 +186,7 @@ struct WorkerState {
     listener: Option<TcpListener>,
     conns: Vec<Option<ConnEntry>>,
     free: Vec<usize>,
-    by_conn: HashMap<ConnId, usize>,
+    by_conn: HashMap<ConnId, usize, BuildHasherDefault<IdHasher>>,
     tokens: HashMap<SessionId, mf_core::Token>,
     scratch: TransmitBuf,
     rbuf: Vec<u8>,
@@ -202,6 +203,9 @@ struct WorkerState {
     /// it left for the worker must leave (see `ServerConfig::write_batch_us`).
     app_write_at: Instant,
     flush_at: Option<Instant>,
+    /// The latest time given to the endpoint, by any thread: times never
+    /// go backwards, and the worker reads the clock once per wake-up.
+    now: Instant,
     /// Counters of ended sessions, so totals survive them.
     msgs_received_ended: u64,
     msgs_sent_ended: u64,
@@ -288,6 +292,9 @@ impl Server {
             Some(s) => s,
             None => os_seed()?,
         };
+        // The endpoints' start time: a client whose first handshake was cut
+        // can then be told safely to create its session afresh.
+        let epoch = std::time::Instant::now();
         let mut workers = Vec::with_capacity(n);
         let mut polls = Vec::with_capacity(n);
         let mut bound = addr;
@@ -304,14 +311,15 @@ impl Server {
                 *a ^= b.rotate_left(3);
             }
             let st = WorkerState {
-                ep: Endpoint::new(protocol.clone(), wseed)?,
+                ep: Endpoint::new_at(protocol.clone(), wseed, Instant::ZERO)?,
                 listener: Some(listener),
                 conns: Vec::new(),
                 free: Vec::new(),
-                by_conn: HashMap::new(),
+                by_conn: HashMap::default(),
                 tokens: HashMap::new(),
                 scratch: TransmitBuf::new(),
-                rbuf: vec![0; config.read_buffer_bytes.max(HELLO_FRAME_BYTES)],
+                // Never zeroed: only the pages reads touch become resident.
+                rbuf: Vec::with_capacity(config.read_buffer_bytes.max(HELLO_FRAME_BYTES)),
                 read_more: Vec::new(),
                 accept_more: false,
                 accept_retry_at: Instant::ZERO,
@@ -322,6 +330,7 @@ impl Server {
                 stats: IoStats::default(),
                 handoffs: 0,
                 closes: BTreeMap::new(),
+                now: Instant::ZERO,
                 msgs_received_ended: 0,
                 msgs_sent_ended: 0,
                 receipts: Slots::new(),
@@ -345,7 +354,7 @@ impl Server {
             handler: OnceLock::new(),
             ready: ReadySignal::default(),
             next_worker: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            epoch,
             batch_us: config.write_batch_us,
         });
         for (idx, poll) in polls.into_iter().enumerate() {
@@ -531,7 +540,7 @@ impl ServerShared {
     fn with_worker<R>(&self, session: SessionRef, f: impl FnOnce(&mut WorkerState, Instant) -> R) -> R {
         let w = &self.workers[session.worker as usize];
         let mut st = lock(&w.st);
-        let now = self.now();
+        let now = st.clock(self);
         let r = f(&mut st, now);
         self.flush_or_hold(w, &mut st, now);
         r
@@ -576,7 +585,7 @@ impl ServerShared {
             (0..n).find_map(|k| {
                 let w = &self.workers[(start + k) % n];
                 let mut st = lock(&w.st);
-                let now = self.now();
+                let now = st.clock(self);
                 let (sid, item) = st.ep.recv(now)?;
                 // Taking it may release credit to the client.
                 self.flush_or_hold(w, &mut st, now);
@@ -598,18 +607,19 @@ impl ServerShared {
             while let Some(conn) = st.ep.poll_dirty() {
                 st.flush(conn, now);
             }
-            let mut n = 0;
+            let mut again = false;
             while let Some(e) = st.ep.poll_event() {
-                n += 1;
-                self.on_event(w, st, now, e);
+                again |= self.on_event(w, st, now, e);
             }
-            if n == 0 {
+            // Another round only if an event fed the endpoint an input.
+            if !again {
                 break;
             }
         }
     }
 
-    fn on_event(&self, w: &Worker, st: &mut WorkerState, now: Instant, e: ServerEvent) {
+    /// Act on one event; true if that fed the endpoint an input.
+    fn on_event(&self, w: &Worker, st: &mut WorkerState, now: Instant, e: ServerEvent) -> bool {
         match e {
             ServerEvent::SessionUp { session, token, .. } => {
                 st.tokens.insert(session, token);
@@ -619,7 +629,8 @@ impl ServerShared {
                 *st.closes.entry(reason.code.to_u16()).or_default() += 1;
                 // Say why (the CLOSE frame), then hang up.
                 st.flush(conn, now);
-                st.close_conn(&w.registry, conn, now);
+                st.close_conn(conn, now);
+                return true;
             }
             ServerEvent::Session { session, event } => match event {
                 Event::Readable if self.handler.get().is_none() => self.ready.notify(),
@@ -641,6 +652,7 @@ impl ServerShared {
             },
             _ => {}
         }
+        false
     }
 }
 
@@ -718,6 +730,12 @@ fn inbound(worker: usize, sid: SessionId, item: Incoming) -> Inbound {
 }
 
 impl WorkerState {
+    /// Read the clock (never behind a time already given to the endpoint).
+    fn clock(&mut self, sh: &ServerShared) -> Instant {
+        self.now = self.now.max(sh.now());
+        self.now
+    }
+
     fn slot(&self, conn: ConnId) -> Option<usize> {
         self.by_conn.get(&conn).copied()
     }
@@ -734,10 +752,14 @@ impl WorkerState {
             // keeps its own only while its socket is full.
             let use_own = !e.tx.is_empty();
             let buf = if use_own { &mut e.tx } else { &mut self.scratch };
+            let max = self.ep.config().transmit_bytes_max as usize;
+            let mut drained = false;
             while buf.len() < FLUSH_BYTES {
                 let before = buf.len();
                 self.ep.poll_transmit(now, conn, buf);
-                if buf.len() == before {
+                // At most `transmit_bytes_max` per call: less means done.
+                if buf.len() - before < max {
+                    drained = true;
                     break;
                 }
             }
@@ -745,6 +767,7 @@ impl WorkerState {
                 return;
             }
             match write_once(&e.stream, buf, &mut self.stats) {
+                Ok(Wrote::Progress) if drained && buf.is_empty() => return,
                 Ok(Wrote::Progress) => {}
                 Ok(Wrote::Blocked) => {
                     e.blocked = true;
@@ -767,11 +790,12 @@ impl WorkerState {
         }
     }
 
-    fn close_conn(&mut self, registry: &mio::Registry, conn: ConnId, now: Instant) {
+    /// Close `conn`'s socket. Closing the descriptor (the stream is its only
+    /// owner) also removes it from the poller and sends FIN after what was
+    /// written: no `epoll_ctl` or `shutdown` call needed.
+    fn close_conn(&mut self, conn: ConnId, now: Instant) {
         if let Some(i) = self.by_conn.remove(&conn) {
-            if let Some(mut e) = self.conns[i].take() {
-                let _ = registry.deregister(&mut e.stream);
-                let _ = e.stream.shutdown(std::net::Shutdown::Write);
+            if self.conns[i].take().is_some() {
                 self.free.push(i);
             }
         }
@@ -813,23 +837,28 @@ fn read_conn(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, now:
         let Some(e) = conns.get_mut(i).and_then(|e| e.as_mut()) else { return };
         if e.failed {
             let conn = e.conn;
-            st.close_conn(&w.registry, conn, now);
+            st.close_conn(conn, now);
             return;
         }
         // A HELLO that arrived in pieces is completed with exact reads, so
         // a slow sender holds at most one frame here; otherwise read all.
-        let want = match &e.hello {
-            Some(h) if !h.is_empty() => HELLO_FRAME_BYTES - h.len(),
-            _ => rbuf.len(),
+        let first = e.hello.as_ref().is_some_and(|h| h.is_empty());
+        let (r, want) = match e.hello.as_mut() {
+            Some(h) if !h.is_empty() => {
+                let want = HELLO_FRAME_BYTES.saturating_sub(h.len());
+                let mut part = [0u8; HELLO_FRAME_BYTES];
+                let r = read_exact_part(&e.stream, &mut part[..want], stats);
+                if let ReadOutcome::Data(n) = r {
+                    h.extend_from_slice(&part[..n]);
+                }
+                (r, want)
+            }
+            _ => (read_once(&e.stream, rbuf, stats), rbuf.capacity()),
         };
-        match read_once(&e.stream, &mut rbuf[..want], stats) {
+        match r {
             ReadOutcome::Data(n) => {
                 let conn = e.conn;
                 if let Some(h) = e.hello.as_mut() {
-                    let first = h.is_empty();
-                    if !first {
-                        h.extend_from_slice(&rbuf[..n]);
-                    }
                     let data: &[u8] = if first { &rbuf[..n] } else { h };
                     let route = match peek_hello(data) {
                         Ok(None) => {
@@ -870,7 +899,7 @@ fn read_conn(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, now:
             ReadOutcome::WouldBlock => return,
             ReadOutcome::Closed => {
                 let conn = e.conn;
-                st.close_conn(&w.registry, conn, now);
+                st.close_conn(conn, now);
                 return;
             }
         }
@@ -939,7 +968,8 @@ fn accept_all(sh: &ServerShared, w: &Worker, st: &mut WorkerState, now: Instant)
 }
 
 /// Run the handler over what the endpoint has received, in batches, with
-/// the worker's lock released while it runs.
+/// the worker's lock released while it runs; true if it pumped (it does
+/// after every batch).
 fn run_handler<'a>(
     sh: &ServerShared,
     w: &'a Worker,
@@ -947,13 +977,20 @@ fn run_handler<'a>(
     handler: &Handler,
     batch: &mut Vec<Inbound>,
     replies: &mut Vec<(SessionRef, Option<ReqId>, Reply)>,
-) -> MutexGuard<'a, WorkerState> {
+) -> (MutexGuard<'a, WorkerState>, bool) {
+    let mut pumped = false;
     for _ in 0..64 {
-        let now = sh.now();
+        // The time of the wake-up, or of the last batch's answers: one
+        // clock read per batch.
+        let now = st.now;
+        let mut drained = false;
         while batch.len() < HANDLER_BATCH_MAX {
             match st.ep.recv(now) {
                 Some((sid, item)) => batch.push(inbound(w.idx, sid, item)),
-                None => break,
+                None => {
+                    drained = true;
+                    break;
+                }
             }
         }
         if batch.is_empty() {
@@ -969,7 +1006,7 @@ fn run_handler<'a>(
             replies.push((session, id, r));
         }
         st = lock(&w.st);
-        let now = sh.now();
+        let now = st.clock(sh);
         for (session, id, reply) in replies.drain(..) {
             let Some(id) = id else { continue };
             match reply {
@@ -987,8 +1024,14 @@ fn run_handler<'a>(
             }
         }
         sh.pump(w, &mut st, now);
+        pumped = true;
+        // Only this thread feeds the endpoint input (the handler ran
+        // without the lock, but took nothing in): drained stays drained.
+        if drained {
+            break;
+        }
     }
-    st
+    (st, pumped)
 }
 
 fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
@@ -999,7 +1042,9 @@ fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
     loop {
         let timeout = {
             let mut st = lock(&w.st);
-            let now = sh.now();
+            // The latest time given to the endpoint (read after the last
+            // wake-up or batch): its next deadline is measured from it.
+            let now = st.now;
             if sh.stopping.load(Ordering::Acquire) && st.stopping_at.is_none() {
                 // Stop accepting; close every session gracefully.
                 if let Some(mut l) = st.listener.take() {
@@ -1014,7 +1059,7 @@ fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
                 if st.ep.is_shut_down() || now >= at {
                     let conns: Vec<ConnId> = st.by_conn.keys().copied().collect();
                     for c in conns {
-                        st.close_conn(&w.registry, c, now);
+                        st.close_conn(c, now);
                     }
                     // Sessions still alive at the deadline end with the
                     // process: their receipts fail, nobody waits forever.
@@ -1050,7 +1095,7 @@ fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
         let mut st = lock(&w.st);
         st.wake_at = Instant::ZERO;
         st.stats.wakeups += 1;
-        let now = sh.now();
+        let now = st.clock(&sh);
         adopt(&sh, &w, &mut st, now);
         let mut accept = st.accept_more || (st.accept_retry_at != Instant::ZERO && st.accept_retry_at <= now);
         let retry: Vec<usize> = std::mem::take(&mut st.read_more);
@@ -1086,9 +1131,15 @@ fn worker_loop(sh: Arc<ServerShared>, idx: usize, mut poll: Poll) {
             st.ep.handle_timeout(now);
         }
         st.flush_at = None;
-        sh.pump(&w, &mut st, now);
+        // With a handler, what the input asks for (acknowledgements, a
+        // WELCOME) leaves with the answers to it, in one write: the pump
+        // after each handler batch drains everything.
+        let mut pumped = false;
         if let Some(h) = sh.handler.get() {
-            st = run_handler(&sh, &w, st, h, &mut batch, &mut replies);
+            (st, pumped) = run_handler(&sh, &w, st, h, &mut batch, &mut replies);
+        }
+        if !pumped {
+            sh.pump(&w, &mut st, now);
         }
         drop(st);
     }

@@ -42,26 +42,137 @@ struct Slot<T> {
     waiter: Option<Thread>,
 }
 
+/// An operation id as a table index: ids are this side's own counters, so
+/// operations in flight at once have nearby, distinct counts (message ids
+/// count up; a request id is its call number above `REQ_SLOT_BITS` bits of
+/// the core's call slot). Any index is correct; these make collisions rare.
+pub(crate) trait SlotKey: Copy + Eq + Hash {
+    fn index(self) -> usize;
+}
+
+/// Low bits of a request id that hold the core's call slot (reused at once
+/// by the next call); the bits above count calls.
+const REQ_SLOT_BITS: u32 = 20;
+
+impl SlotKey for u64 {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl SlotKey for mf_core::ReqId {
+    fn index(self) -> usize {
+        (self.0 >> REQ_SLOT_BITS) as usize
+    }
+}
+
+impl SlotKey for mf_core::MsgId {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl<S: Copy + Eq + Hash> SlotKey for (S, mf_core::MsgId) {
+    fn index(self) -> usize {
+        self.1.0 as usize
+    }
+}
+
+/// Entries of the direct table at most; beyond, colliding ids go to the map.
+const DIRECT_MAX: usize = 1024;
+/// The direct table's first size.
+const DIRECT_MIN: usize = 8;
+
 /// Outcomes keyed by operation id. Bounded by the protocol core's own
 /// limits: a slot exists only for an operation the core accepted and has
 /// not yet finished, or finished and not yet collected by its handle.
+///
+/// Most ids live in a table indexed by their low bits (no hashing, no
+/// allocation per operation: P2's per-call cost); one whose place is taken
+/// (an older outcome not collected yet) doubles the table, up to
+/// `DIRECT_MAX` entries, then goes to a map.
 #[derive(Debug)]
 pub(crate) struct Slots<K, T> {
-    map: HashMap<K, Slot<T>, BuildHasherDefault<IdHasher>>,
+    direct: Vec<Option<(K, Slot<T>)>>,
+    overflow: HashMap<K, Slot<T>, BuildHasherDefault<IdHasher>>,
     /// Slots with a registered waiter (a waiter is only ever registered on a
     /// slot without an outcome, and removed when the outcome arrives).
     waiting: usize,
 }
 
-impl<K: Hash + Eq + Copy, T> Slots<K, T> {
+impl<K: SlotKey, T> Slots<K, T> {
     pub(crate) fn new() -> Self {
-        Slots { map: HashMap::default(), waiting: 0 }
+        Slots { direct: Vec::new(), overflow: HashMap::default(), waiting: 0 }
+    }
+
+    fn pos(&self, k: K) -> usize {
+        k.index() & (self.direct.len() - 1)
+    }
+
+    fn get_mut(&mut self, k: K) -> Option<&mut Slot<T>> {
+        if !self.direct.is_empty() {
+            let i = self.pos(k);
+            if matches!(&self.direct[i], Some((key, _)) if *key == k) {
+                return self.direct[i].as_mut().map(|(_, s)| s);
+            }
+        }
+        if self.overflow.is_empty() { None } else { self.overflow.get_mut(&k) }
+    }
+
+    fn get(&self, k: K) -> Option<&Slot<T>> {
+        if !self.direct.is_empty() {
+            if let Some((key, s)) = &self.direct[self.pos(k)] {
+                if *key == k {
+                    return Some(s);
+                }
+            }
+        }
+        if self.overflow.is_empty() { None } else { self.overflow.get(&k) }
+    }
+
+    fn take_slot(&mut self, k: K) -> Option<Slot<T>> {
+        if !self.direct.is_empty() {
+            let i = self.pos(k);
+            if self.direct[i].as_ref().is_some_and(|(key, _)| *key == k) {
+                return self.direct[i].take().map(|(_, s)| s);
+            }
+        }
+        if self.overflow.is_empty() { None } else { self.overflow.remove(&k) }
+    }
+
+    /// Double the table (entries that collide in the new one go to the map).
+    fn grow(&mut self) {
+        let n = (self.direct.len() * 2).max(DIRECT_MIN);
+        let old = std::mem::replace(&mut self.direct, (0..n).map(|_| None).collect());
+        for (k, s) in old.into_iter().flatten() {
+            let i = self.pos(k);
+            if self.direct[i].is_none() {
+                self.direct[i] = Some((k, s));
+            } else {
+                self.overflow.insert(k, s);
+            }
+        }
     }
 
     /// Track `k`; its outcome is filled in later.
     pub(crate) fn open(&mut self, k: K) {
-        if let Some(old) = self.map.insert(k, Slot { outcome: None, waiter: None }) {
+        if let Some(old) = self.take_slot(k) {
             self.forget(old);
+        }
+        let slot = Slot { outcome: None, waiter: None };
+        loop {
+            if !self.direct.is_empty() {
+                let i = self.pos(k);
+                if self.direct[i].is_none() {
+                    self.direct[i] = Some((k, slot));
+                    return;
+                }
+            }
+            if self.direct.len() >= DIRECT_MAX {
+                self.overflow.insert(k, slot);
+                return;
+            }
+            self.grow();
         }
     }
 
@@ -74,20 +185,25 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
     /// Record `k`'s outcome (first one wins) and wake its waiter. Unknown
     /// ids (nobody tracks them any more) are ignored.
     pub(crate) fn complete(&mut self, k: K, v: T) {
-        if let Some(s) = self.map.get_mut(&k) {
+        let mut woke = false;
+        if let Some(s) = self.get_mut(k) {
             if s.outcome.is_none() {
                 s.outcome = Some(v);
                 if let Some(t) = s.waiter.take() {
-                    self.waiting -= 1;
+                    woke = true;
                     t.unpark();
                 }
             }
+        }
+        if woke {
+            self.waiting -= 1;
         }
     }
 
     /// Fill every slot still without an outcome (the session is over).
     pub(crate) fn complete_all(&mut self, mut v: impl FnMut() -> T) {
-        for s in self.map.values_mut() {
+        let direct = self.direct.iter_mut().flatten().map(|(_, s)| s);
+        for s in direct.chain(self.overflow.values_mut()) {
             if s.outcome.is_none() {
                 s.outcome = Some(v());
                 if let Some(t) = s.waiter.take() {
@@ -100,12 +216,12 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
 
     /// True if `k` has its outcome (without taking it).
     pub(crate) fn is_done(&self, k: K) -> bool {
-        self.map.get(&k).is_some_and(|s| s.outcome.is_some())
+        self.get(k).is_some_and(|s| s.outcome.is_some())
     }
 
     /// `k`'s outcome, if it has one (the slot stays).
     pub(crate) fn peek(&self, k: K) -> Option<&T> {
-        self.map.get(&k).and_then(|s| s.outcome.as_ref())
+        self.get(k).and_then(|s| s.outcome.as_ref())
     }
 
     /// Take `k`'s outcome if it has one; the slot is freed.
@@ -113,7 +229,7 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
         if !self.is_done(k) {
             return None;
         }
-        self.map.remove(&k).and_then(|s| s.outcome)
+        self.take_slot(k).and_then(|s| s.outcome)
     }
 
     /// True if a thread waits for some slot still without an outcome.
@@ -123,23 +239,25 @@ impl<K: Hash + Eq + Copy, T> Slots<K, T> {
 
     /// Forget `k` (its handle was dropped).
     pub(crate) fn remove(&mut self, k: K) {
-        if let Some(old) = self.map.remove(&k) {
+        if let Some(old) = self.take_slot(k) {
             self.forget(old);
         }
     }
 
     /// Wake the current thread when `k` completes (if it has not yet).
     pub(crate) fn register(&mut self, k: K, t: Thread) {
-        if let Some(s) = self.map.get_mut(&k).filter(|s| s.outcome.is_none()) {
-            if s.waiter.replace(t).is_none() {
-                self.waiting += 1;
-            }
+        let mut added = false;
+        if let Some(s) = self.get_mut(k).filter(|s| s.outcome.is_none()) {
+            added = s.waiter.replace(t).is_none();
+        }
+        if added {
+            self.waiting += 1;
         }
     }
 
-    #[cfg(all(test, loom))]
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.direct.iter().flatten().count() + self.overflow.len()
     }
 }
 
@@ -273,6 +391,75 @@ impl ReadySignal {
             drop(p);
             park(left);
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Ids whose low bits collide, more of them than the direct table
+    /// holds, completed and taken in any order: each keeps its own outcome.
+    #[test]
+    fn slots_keep_colliding_ids_apart() {
+        let mut s: Slots<u64, u64> = Slots::new();
+        let ids: Vec<u64> = (0..3000u64).map(|i| (i % 7) | (i << 20)).collect();
+        for &k in &ids {
+            s.open(k);
+        }
+        assert_eq!(s.len(), ids.len());
+        for &k in ids.iter().rev() {
+            s.complete(k, k * 3);
+        }
+        s.complete(ids[0], 1); // the first outcome wins
+        for &k in ids.iter().step_by(2) {
+            assert_eq!(s.take(k), Some(k * 3));
+            assert_eq!(s.take(k), None);
+        }
+        for &k in ids.iter().skip(1).step_by(2) {
+            assert!(s.is_done(k));
+            s.remove(k);
+        }
+        assert_eq!(s.len(), 0);
+        s.complete(ids[1], 0); // unknown now: ignored
+        assert_eq!(s.len(), 0);
+    }
+
+    /// Consecutive calls of a session get consecutive call numbers above
+    /// the slot bits: pipelined calls take distinct places in the direct
+    /// table (if the core's id layout changes, this fails and slots fall
+    /// back to the map: slower, still correct).
+    #[test]
+    fn request_ids_count_up_above_the_slot_bits() {
+        let mut c = mf_core::Client::new(mf_core::Config::default(), mf_core::seed_from_u64(1)).unwrap();
+        let ids: Vec<usize> = (0..300).map(|_| c.call(0, "x", None).unwrap().index()).collect();
+        for w in ids.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "{ids:?}");
+        }
+        let mut s: Slots<mf_core::ReqId, ()> = Slots::new();
+        let mut c = mf_core::Client::new(mf_core::Config::default(), mf_core::seed_from_u64(2)).unwrap();
+        for _ in 0..256 {
+            s.open(c.call(0, "x", None).unwrap());
+        }
+        assert!(s.overflow.is_empty());
+    }
+
+    /// A waiter is counted once and uncounted when its slot completes or goes.
+    #[test]
+    fn slots_count_waiters() {
+        let mut s: Slots<u64, ()> = Slots::new();
+        s.open(1);
+        s.open(1 + (1 << 20));
+        s.register(1, current());
+        s.register(1, current());
+        s.register(1 + (1 << 20), current());
+        assert!(s.has_waiters());
+        s.complete(1, ());
+        assert!(s.has_waiters());
+        s.remove(1 + (1 << 20));
+        assert!(!s.has_waiters());
+        s.register(1, current()); // done already: not registered
+        assert!(!s.has_waiters());
     }
 }
 
