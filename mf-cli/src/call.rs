@@ -152,9 +152,12 @@ fn one_call(args: &CallArgs) -> Result<Vec<u8>, String> {
                     knobs,
                     IoCounters::shared(),
                 );
-                let c = mf_driver_tokio::Client::connect(connector, Default::default())
-                    .await
-                    .map_err(|e| format!("connect {}: {e}", args.addr))?;
+                let c = mf_driver_tokio::Client::connect(
+                    connector,
+                    crate::bench::systems::mf_tokio::client_options(&knobs),
+                )
+                .await
+                .map_err(|e| format!("connect {}: {e}", args.addr))?;
                 let reply = c.call(0, body).await.map_err(|e| format!("call: {e}"))?;
                 c.close().await;
                 Ok(reply.to_vec())

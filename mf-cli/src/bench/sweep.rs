@@ -41,11 +41,6 @@ pub fn knob_settings(_full: bool) -> Vec<Knobs> {
     ]
 }
 
-/// Whether `system` has the knob at all (mf-tokio has no batching switch).
-fn has_knob(system: System, knobs: &Knobs) -> bool {
-    system != System::MfTokio || knobs.batching
-}
-
 /// `mf bench sweep`.
 pub fn run(args: SweepArgs) -> ExitCode {
     let c = &args.common;
@@ -69,9 +64,7 @@ pub fn run(args: SweepArgs) -> ExitCode {
             }
         }
     }
-    let systems_for = |case: &Case| {
-        systems.iter().copied().filter(|s| has_knob(*s, &knob_sets[case.knobs])).collect::<Vec<_>>()
-    };
+    let systems_for = |_: &Case| systems.clone();
     println!(
         "mf bench sweep: {} cases x {} systems x {} rounds, {} ms per run, load {}",
         cases.len(),

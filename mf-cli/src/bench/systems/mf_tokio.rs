@@ -29,7 +29,11 @@ pub fn serve(addr: SocketAddr, knobs: &Knobs) -> Result<ServerHandle, String> {
             }
         };
         let local = listener.local_addr().map_err(|e| e.to_string());
-        let server = match Server::start(listener, ServerOptions::default()) {
+        let mut options = ServerOptions::default();
+        if !knobs.batching {
+            options.write_batch_us = Some(0);
+        }
+        let server = match Server::start(listener, options) {
             Ok(s) => s,
             Err(e) => {
                 let _ = ready.send(Err(format!("mf-tokio server: {e}")));
@@ -45,8 +49,17 @@ pub fn serve(addr: SocketAddr, knobs: &Knobs) -> Result<ServerHandle, String> {
     Ok(ServerHandle::new(addr, Arc::new(move || io_fn.snapshot()), stop))
 }
 
-async fn connect(c: &CountingConnector) -> Result<Client, String> {
-    Client::connect(c.clone(), ClientOptions::default()).await.map_err(|e| format!("mf-tokio connect: {e}"))
+/// The client options for `knobs`: batching off is `write_batch_us = Some(0)`.
+pub fn client_options(knobs: &Knobs) -> ClientOptions {
+    let mut options = ClientOptions::default();
+    if !knobs.batching {
+        options.write_batch_us = Some(0);
+    }
+    options
+}
+
+async fn connect(c: &CountingConnector, knobs: &Knobs) -> Result<Client, String> {
+    Client::connect(c.clone(), client_options(knobs)).await.map_err(|e| format!("mf-tokio connect: {e}"))
 }
 
 async fn call(c: &Client, bodies: &Bodies, i: u64) -> Result<(), String> {
@@ -77,7 +90,7 @@ pub fn run(
                     meter,
                     &client_io,
                     async |_| {
-                        let c = connect(&connector).await?;
+                        let c = connect(&connector, knobs).await?;
                         opened.lock().unwrap_or_else(|p| p.into_inner()).push(c.clone());
                         Ok(c)
                     },
@@ -100,7 +113,7 @@ pub fn run(
                     &client_io,
                     async |_| Ok(()),
                     async |_: &mut (), i| {
-                        let c = connect(&connector).await?;
+                        let c = connect(&connector, knobs).await?;
                         let r = call(&c, &bodies, i).await;
                         c.close().await;
                         r
@@ -109,7 +122,7 @@ pub fn run(
                 .await
             }
             Kind::Pipeline => {
-                let c = connect(&connector).await?;
+                let c = connect(&connector, knobs).await?;
                 let mut p = Pipeline::new(budget, meter, w.depth());
                 let mut pending: VecDeque<PendingCall> = VecDeque::new();
                 while !p.finished() {

@@ -33,7 +33,7 @@ pub struct Knobs {
     pub send_buffer_bytes: Option<usize>,
     /// `SO_RCVBUF`; `None` keeps the kernel's default and autotuning.
     pub recv_buffer_bytes: Option<usize>,
-    /// Write batching: the drivers' `write_batch_us` (mf-mio), a buffered
+    /// Write batching: the drivers' `write_batch_us` (0 when off), a buffered
     /// writer that flushes once per burst (raw systems). Off: one write per
     /// message.
     pub batching: bool,
