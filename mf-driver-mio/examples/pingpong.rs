@@ -40,9 +40,9 @@ fn raw_server() -> std::net::SocketAddr {
     addr
 }
 
-fn percentiles(mut v: Vec<u64>) -> (u64, u64) {
+fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
     v.sort_unstable();
-    (v[v.len() / 2], v[v.len() * 99 / 100])
+    (v[v.len() / 2], v[v.len() * 99 / 100], v[v.len() * 999 / 1000])
 }
 
 fn main() {
@@ -80,10 +80,11 @@ fn main() {
             assert_eq!(r.len(), 64);
         }
     }
-    let (r50, r99) = percentiles(raw_us);
-    let (m50, m99) = percentiles(mf_us);
-    println!("raw: p50 {:.1} us  p99 {:.1} us", r50 as f64 / 1e3, r99 as f64 / 1e3);
-    println!("mf:  p50 {:.1} us  p99 {:.1} us", m50 as f64 / 1e3, m99 as f64 / 1e3);
+    let (r50, r99, r999) = percentiles(raw_us);
+    let (m50, m99, m999) = percentiles(mf_us);
+    let us = |ns: u64| ns as f64 / 1e3;
+    println!("raw: p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us", us(r50), us(r99), us(r999));
+    println!("mf:  p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us", us(m50), us(m99), us(m999));
     println!("ratio: p50 {:.2}x  p99 {:.2}x", m50 as f64 / r50 as f64, m99 as f64 / r99 as f64);
     let io = client.stats().io;
     println!(

@@ -27,6 +27,7 @@ use mio::{Interest, Token};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Reads per readiness event before yielding to timers and writers.
@@ -94,12 +95,46 @@ struct Env {
     slot: usize,
     addrs: Vec<SocketAddr>,
     tcp: TcpOptions,
+    // The reactor's view of this client, readable without its lock (a
+    // visit to a busy client whose deadlines are not due takes no lock).
+    /// An application thread did something since the reactor's last timer
+    /// visit.
+    busy: AtomicBool,
+    /// When something must happen without socket input (µs): the core's
+    /// next timer, a pending connect's or batch's deadline, a read to
+    /// resume. Written under the lock.
+    due_us: AtomicU64,
+    /// When the reactor will visit next (µs; `u64::MAX`: not scheduled).
+    scheduled_us: AtomicU64,
+    /// Visits by the reactor thread, with or without the lock.
+    visits: AtomicU64,
 }
 
 impl Env {
     fn now(&self) -> Instant {
         self.reactor.now()
     }
+
+    /// Mark the client busy (application threads are using it).
+    fn touch(&self) {
+        self.busy.store(true, Ordering::Relaxed);
+    }
+
+    /// Ask the reactor to visit at `at` unless it already will by then.
+    fn schedule(&self, at: Instant, precise: bool) {
+        let at_us = at.as_micros();
+        if at_us < self.scheduled_us.load(Ordering::Acquire) {
+            self.scheduled_us.fetch_min(at_us, Ordering::AcqRel);
+            self.reactor.schedule(self.slot, at, precise);
+        }
+    }
+}
+
+/// The next tick after `now`: ticks fall on a shared grid, so the reactor
+/// visits every busy client in one wake-up per tick.
+fn next_tick(now: Instant) -> Instant {
+    let tick_us = TICK_MS * 1000;
+    Instant::from_micros((now.as_micros() / tick_us + 1) * tick_us)
 }
 
 struct State {
@@ -119,11 +154,6 @@ struct State {
     ended: Option<CloseReason>,
     /// `close` was called: refuse new work with `Closed`.
     closing: bool,
-    /// When the reactor will visit this client (`NEVER`: not scheduled).
-    scheduled_at: Instant,
-    /// An application thread did something since the reactor's last
-    /// timer visit.
-    active: bool,
     /// The reactor keeps this client alive for a background close (its
     /// handles are gone): tell it when the session ends.
     held: bool,
@@ -271,8 +301,6 @@ impl Client {
             closers: WaitList::default(),
             ended: None,
             closing: false,
-            scheduled_at: Instant::NEVER,
-            active: true,
             held: false,
             read_more: false,
             stats: IoStats::default(),
@@ -291,6 +319,10 @@ impl Client {
                 slot,
                 addrs,
                 tcp: config.tcp,
+                busy: AtomicBool::new(true),
+                due_us: AtomicU64::new(u64::MAX),
+                scheduled_us: AtomicU64::new(u64::MAX),
+                visits: AtomicU64::new(0),
             };
             Shared { st: Mutex::new(st), env }
         });
@@ -404,7 +436,9 @@ impl Client {
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         let st = lock(&self.sh().st);
-        ClientStats { session: st.core.stats().clone(), io: st.stats, last_close: st.last_close }
+        let mut io = st.stats;
+        io.wakeups = self.sh().env.visits.load(Ordering::Relaxed);
+        ClientStats { session: st.core.stats().clone(), io, last_close: st.last_close }
     }
 
     /// Queue depths of the session (send queue, calls in flight, inbox, ...).
@@ -661,7 +695,7 @@ impl Shared {
         let deadline = timeout.map(|d| env.now() + d);
         let (mut g, id) = self.submit(body, Until::Forever, |st, b| st.core.call(channel, b, deadline))?;
         g.calls.open(id);
-        g.active = true;
+        env.touch();
         // Read before the pump: a write it makes includes this request.
         let queued_at_write = g.stats.write_syscalls;
         // A request joining a batch that already waits for its flush needs
@@ -792,7 +826,7 @@ impl Shared {
                 g.set_io_reads(env, true);
             }
             // Otherwise the reactor restores its reads once callers are idle.
-            g.active = true;
+            env.touch();
             g.schedule(env, now);
             g
         })
@@ -802,7 +836,7 @@ impl Shared {
         let (mut g, id) = self.submit(body, until, |st, b| st.core.send(channel, b))?;
         g.receipts.open(id);
         let now = self.env.now();
-        g.active = true;
+        self.env.touch();
         let queued_at_write = g.stats.write_syscalls;
         g.pump(&self.env, now, Flush::Batch);
         g.schedule(&self.env, now);
@@ -822,7 +856,7 @@ impl Shared {
                 let now = self.env.now();
                 if let Some(m) = st.core.recv(now) {
                     // Taking a message may release credit to the server.
-                    st.active = true;
+                    self.env.touch();
                     st.pump(&self.env, now, Flush::Batch);
                     st.schedule(&self.env, now);
                     let (channel, body) = match m {
@@ -931,7 +965,7 @@ impl State {
     /// application threads are active or while nobody watches the socket
     /// for reads.
     fn schedule(&mut self, env: &Env, now: Instant) {
-        let tick = self.active;
+        let tick = env.busy.load(Ordering::Relaxed);
         self.schedule_with(env, now, tick);
     }
 
@@ -939,19 +973,18 @@ impl State {
         if self.ended.is_some() {
             return;
         }
-        let mut at = self.next_deadline();
+        let mut due = self.next_deadline();
         if self.read_more {
-            at = now;
+            due = now;
         }
+        env.due_us.store(due.as_micros(), Ordering::Release);
+        let mut at = due;
         if tick || (!self.io_reads && !self.leading) {
-            at = at.min(now.add_millis(TICK_MS));
+            at = at.min(next_tick(now));
         }
-        if at < self.scheduled_at {
-            self.scheduled_at = at;
-            // A batch's flush is due on time; the core's timers tolerate slack.
-            let precise = self.flush_at == Some(at);
-            env.reactor.schedule(env.slot, at, precise);
-        }
+        // A batch's flush is due on time; the core's timers tolerate slack.
+        let precise = self.flush_at == Some(at);
+        env.schedule(at, precise);
     }
 
     /// The driver loop contract: drain transmit, then events, until quiet.
@@ -1232,27 +1265,36 @@ impl Shared {
     /// True once the session has ended.
     pub(crate) fn visit(&self, ev: Option<(Token, bool, bool)>) -> bool {
         let env = &self.env;
-        let mut st = lock(&self.st);
-        st.stats.wakeups += 1;
-        let now = env.now();
+        env.visits.fetch_add(1, Ordering::Relaxed);
         let mut tick = false;
+        if ev.is_none() {
+            // The reactor consumed its entry for this client.
+            env.scheduled_us.store(u64::MAX, Ordering::Release);
+            // Application threads were busy during the last tick: keep
+            // ticking. Unless something is due, that needs no lock (the
+            // threads at work are not held up by the reactor).
+            tick = env.busy.swap(false, Ordering::AcqRel);
+            if tick {
+                let now = env.now();
+                let due = env.due_us.load(Ordering::Acquire);
+                if now.as_micros() < due {
+                    env.schedule(next_tick(now).min(Instant::from_micros(due)), false);
+                    return false;
+                }
+            }
+        }
+        let mut st = lock(&self.st);
+        let now = env.now();
         match ev {
-            Some((token, readable, writable)) => {
-                if st.conn.as_ref().is_some_and(|c| c.token == token) {
-                    st.on_socket(env, now, readable, writable);
-                }
+            Some((token, readable, writable)) if st.conn.as_ref().is_some_and(|c| c.token == token) => {
+                st.on_socket(env, now, readable, writable);
             }
-            None => {
-                st.scheduled_at = Instant::NEVER;
-                // Application threads were active during the last tick: keep
-                // ticking. After a whole tick without them, nobody leads any
-                // more: read again (the registration reports data that
-                // arrived meanwhile).
-                tick = std::mem::take(&mut st.active);
-                if !tick && !st.leading && !st.io_reads {
-                    st.set_io_reads(env, true);
-                }
-            }
+            Some(_) => {}
+            // After a whole tick without application threads, nobody leads
+            // any more: read again (the registration reports data that
+            // arrived meanwhile).
+            None if !tick && !st.leading && !st.io_reads => st.set_io_reads(env, true),
+            None => {}
         }
         if st.read_more && !st.leading {
             with_read_buf(|buf| st.read_all(env, now, buf));

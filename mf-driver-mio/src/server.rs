@@ -187,7 +187,9 @@ struct WorkerState {
     conns: Vec<Option<ConnEntry>>,
     free: Vec<usize>,
     by_conn: HashMap<ConnId, usize, BuildHasherDefault<IdHasher>>,
-    tokens: HashMap<SessionId, mf_core::Token>,
+    /// Live sessions' tokens (session ids are the endpoint's own: no
+    /// keyed hash needed).
+    tokens: HashMap<SessionId, mf_core::Token, BuildHasherDefault<IdHasher>>,
     scratch: TransmitBuf,
     rbuf: Vec<u8>,
     /// Connections whose last read filled the buffer.
@@ -316,7 +318,7 @@ impl Server {
                 conns: Vec::new(),
                 free: Vec::new(),
                 by_conn: HashMap::default(),
-                tokens: HashMap::new(),
+                tokens: HashMap::default(),
                 scratch: TransmitBuf::new(),
                 // Never zeroed: only the pages reads touch become resident.
                 rbuf: Vec::with_capacity(config.read_buffer_bytes.max(HELLO_FRAME_BYTES)),
@@ -623,7 +625,10 @@ impl ServerShared {
         match e {
             ServerEvent::SessionUp { session, token, .. } => {
                 st.tokens.insert(session, token);
-                self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(token, w.idx);
+                // One worker owns every session: nothing to route.
+                if self.workers.len() > 1 {
+                    self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(token, w.idx);
+                }
             }
             ServerEvent::CloseConnection { conn, reason } => {
                 *st.closes.entry(reason.code.to_u16()).or_default() += 1;
@@ -641,7 +646,7 @@ impl ServerShared {
                         st.msgs_received_ended += s.msgs_received;
                         st.msgs_sent_ended += s.msgs_sent;
                     }
-                    if let Some(token) = st.tokens.remove(&session) {
+                    if let Some(token) = st.tokens.remove(&session).filter(|_| self.workers.len() > 1) {
                         let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
                         if owners.get(&token) == Some(&w.idx) {
                             owners.remove(&token);
@@ -802,14 +807,23 @@ impl WorkerState {
         self.ep.connection_lost(now, conn);
     }
 
-    fn add_conn(&mut self, registry: &mio::Registry, mut stream: TcpStream, now: Instant) -> Option<usize> {
+    /// Take a new connection in; `watch`: register it with the poller now
+    /// (otherwise the caller calls [`WorkerState::watch`] later).
+    fn add_conn(
+        &mut self,
+        registry: &mio::Registry,
+        mut stream: TcpStream,
+        now: Instant,
+        watch: bool,
+    ) -> Option<usize> {
         let i = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        if registry
-            .register(&mut stream, Token(FIRST_CONN + i), Interest::READABLE | Interest::WRITABLE)
-            .is_err()
+        if watch
+            && registry
+                .register(&mut stream, Token(FIRST_CONN + i), Interest::READABLE | Interest::WRITABLE)
+                .is_err()
         {
             self.free.push(i);
             return None;
@@ -826,6 +840,16 @@ impl WorkerState {
         });
         self.stats.connections += 1;
         Some(i)
+    }
+
+    /// Register connection slot `i` (if still open) with the poller.
+    fn watch(&mut self, registry: &mio::Registry, i: usize, now: Instant) {
+        let Some(e) = self.conns.get_mut(i).and_then(|e| e.as_mut()) else { return };
+        let token = Token(FIRST_CONN + i);
+        if registry.register(&mut e.stream, token, Interest::READABLE | Interest::WRITABLE).is_err() {
+            let conn = e.conn;
+            self.close_conn(conn, now);
+        }
     }
 }
 
@@ -867,7 +891,7 @@ fn read_conn(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, now:
                             }
                             continue;
                         }
-                        Ok(Some(hello)) if hello.resume => {
+                        Ok(Some(hello)) if hello.resume && sh.workers.len() > 1 => {
                             sh.owners.lock().unwrap_or_else(|p| p.into_inner()).get(&hello.token).copied()
                         }
                         Ok(Some(_)) | Err(_) => None,
@@ -933,7 +957,7 @@ fn hand_off(sh: &ServerShared, w: &Worker, st: &mut WorkerState, i: usize, owner
 fn adopt(sh: &ServerShared, w: &Worker, st: &mut WorkerState, now: Instant) {
     let batch = std::mem::take(&mut *w.handoff.lock().unwrap_or_else(|p| p.into_inner()));
     for (stream, bytes) in batch {
-        let Some(i) = st.add_conn(&w.registry, stream, now) else { continue };
+        let Some(i) = st.add_conn(&w.registry, stream, now, true) else { continue };
         let Some(e) = st.conns[i].as_mut() else { continue };
         e.hello = None;
         let conn = e.conn;
@@ -952,7 +976,14 @@ fn accept_all(sh: &ServerShared, w: &Worker, st: &mut WorkerState, now: Instant)
                 if sh.tcp.apply(SockRef::from(&stream)).is_err() {
                     continue;
                 }
-                st.add_conn(&w.registry, stream, now);
+                // A client's HELLO and first request usually arrive with its
+                // connect: read them before watching the socket, so they
+                // need no readiness round (registering afterwards reports
+                // only what arrives later).
+                if let Some(i) = st.add_conn(&w.registry, stream, now, false) {
+                    read_conn(sh, w, st, i, now);
+                    st.watch(&w.registry, i, now);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
