@@ -128,6 +128,15 @@ impl CallSlots {
         }
     }
 
+    /// Forget the waker of `id` (its caller is about to look for the
+    /// outcome itself: completing it should not wake the caller's task for
+    /// nothing).
+    pub(crate) fn clear_waker(&mut self, id: ReqId) {
+        if let Some(w) = self.get_mut(id) {
+            w.waker = None;
+        }
+    }
+
     /// The transmit-pull count at which `id` was queued.
     pub(crate) fn queued_at_pull(&mut self, id: ReqId) -> Option<u64> {
         self.get_mut(id).map(|w| w.queued_at_pull)

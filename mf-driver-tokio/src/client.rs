@@ -636,6 +636,9 @@ fn poll_call(inner: &Inner, id: ReqId, cx: &mut Context<'_>) -> Poll<Result<Byte
             {
                 st.wake_driver();
             }
+            // Reading may complete this very call: no wake-up for that (this
+            // task looks at once); `poll` registers the waker again if not.
+            st.calls.clear_waker(id);
             st.caller_read(id, cx.waker(), inner.clock, &mut sig);
             r = st.calls.poll(id, cx);
         }
