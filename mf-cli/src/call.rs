@@ -4,7 +4,7 @@
 
 use crate::bench::harness::{IoCounters, IoCounts};
 use crate::bench::systems::{Meter, System, raw_std};
-use crate::bench::workloads::{Budget, FAN_IN_CONNECTIONS, Kind, Workload, fmt_size};
+use crate::bench::workloads::{Budget, FAN_IN_CONNECTIONS, Kind, Workload, fmt_size, parse_size};
 use crate::serve::KnobArgs;
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
@@ -29,8 +29,8 @@ pub struct CallArgs {
     /// Load mode's shape.
     #[arg(long, value_enum, default_value_t = Mode::PingPong)]
     mode: Mode,
-    /// Load mode: request size in bytes (default: the message's length).
-    #[arg(long)]
+    /// Load mode: request size (64, 4k, 1m; default: the message's length).
+    #[arg(long, value_parser = parse_size)]
     size: Option<usize>,
     /// Load mode: give up after this many seconds.
     #[arg(long, default_value_t = 60)]
