@@ -89,7 +89,15 @@ fn bench_quick_reports_every_system_and_workload() {
         }
     }
     // Pipelining batches: far fewer writes than messages for the raw floor.
-    let raw_w2 = records.iter().find(|r| r["system"] == "raw-std" && r["workload"] == "W2").unwrap();
+    let raw_w2 = records
+        .iter()
+        .find(|r| {
+            r["system"] == "raw-std"
+                && r["workload"] == "W2"
+                && r["size_bytes"] == 64
+                && r["knobs_name"] == "defaults"
+        })
+        .unwrap();
     assert!(raw_w2["writes_per_msg"].as_f64().unwrap() < 0.5, "{raw_w2}");
     assert!(doc["idle_session_client_bytes"].as_u64().unwrap() > 0);
     assert_eq!(
