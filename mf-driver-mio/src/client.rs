@@ -121,10 +121,16 @@ impl Env {
     }
 
     /// Ask the reactor to visit at `at` unless it already will by then.
+    ///
+    /// `due_us` and `scheduled_us` are written and read in sequentially
+    /// consistent order: a thread that publishes a new deadline and then
+    /// finds a visit already planned, and a reactor visit that forgets its
+    /// plan and then reads the deadline, cannot both miss each other. (A
+    /// miss would only delay that deadline to the next tick.)
     fn schedule(&self, at: Instant, precise: bool) {
         let at_us = at.as_micros();
-        if at_us < self.scheduled_us.load(Ordering::Acquire) {
-            self.scheduled_us.fetch_min(at_us, Ordering::AcqRel);
+        if at_us < self.scheduled_us.load(Ordering::SeqCst) {
+            self.scheduled_us.fetch_min(at_us, Ordering::SeqCst);
             self.reactor.schedule(self.slot, at, precise);
         }
     }
@@ -205,6 +211,10 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         let mut st = lock(&self.sh.st);
+        if st.ended.is_some() {
+            // Closed already (the usual end of a connect-call-close client).
+            return;
+        }
         let now = self.sh.env.now();
         st.closing = true;
         st.core.close(now);
@@ -937,6 +947,7 @@ impl State {
         if self.flush_at.take().is_some() {
             let now = env.now();
             self.pump(env, now, Flush::Now);
+            self.schedule(env, now);
         }
     }
 
@@ -947,6 +958,7 @@ impl State {
         if self.next_deadline() <= now {
             self.on_timers(env, now);
             self.pump(env, now, Flush::Now);
+            self.schedule(env, now);
         }
     }
 
@@ -977,7 +989,7 @@ impl State {
         if self.read_more {
             due = now;
         }
-        env.due_us.store(due.as_micros(), Ordering::Release);
+        env.due_us.store(due.as_micros(), Ordering::SeqCst);
         let mut at = due;
         if tick || (!self.io_reads && !self.leading) {
             at = at.min(next_tick(now));
@@ -1269,14 +1281,14 @@ impl Shared {
         let mut tick = false;
         if ev.is_none() {
             // The reactor consumed its entry for this client.
-            env.scheduled_us.store(u64::MAX, Ordering::Release);
+            env.scheduled_us.store(u64::MAX, Ordering::SeqCst);
             // Application threads were busy during the last tick: keep
             // ticking. Unless something is due, that needs no lock (the
             // threads at work are not held up by the reactor).
             tick = env.busy.swap(false, Ordering::AcqRel);
             if tick {
                 let now = env.now();
-                let due = env.due_us.load(Ordering::Acquire);
+                let due = env.due_us.load(Ordering::SeqCst);
                 if now.as_micros() < due {
                     env.schedule(next_tick(now).min(Instant::from_micros(due)), false);
                     return false;

@@ -62,25 +62,40 @@
 //!
 //! - **Client.** One lock-protected state per session. Application threads
 //!   do their own I/O: a `call` runs the core's `poll_transmit` and writes the
-//!   request itself (one `writev`), then, if no other thread is doing so,
+//!   request itself (one `sendmsg`), then, if no other thread is doing so,
 //!   reads the socket itself while it waits ("leader"), so a response wakes
 //!   exactly the thread that waits for it, with no hop through another
-//!   thread. One process-wide reactor thread (a mio `Poll` over every
-//!   client's socket and a min-heap of their timers) does the rest: reads
-//!   while no caller leads, the core's timers (keep-alive, idle,
-//!   acknowledgement delay, reconnect backoff), reconnects, and writes that
-//!   batching held back. A connect-call-close client therefore creates no
-//!   thread, and a thousand clients do not run a thousand threads. The
-//!   reactor watches a socket only for what is needed (READABLE unless a
-//!   caller leads, WRITABLE only while connecting or while a write is
-//!   blocked). Set [`ClientConfig::caller_reads`] to `false` to compare.
+//!   thread. The connected socket is in blocking mode and every other read
+//!   and write passes `MSG_DONTWAIT`, so an untimed wait is one blocking
+//!   `recv`, as on raw blocking TCP (a wait with a deadline polls first);
+//!   whatever else ends such a wait (a lost connection, the session's end,
+//!   [`Client::disconnect`]) shuts the socket down, which wakes the leader.
+//!   A ping-pong call is two system calls on the client: `sendmsg`, `recv`.
+//!   One process-wide reactor thread (a mio `Poll` over every client's
+//!   socket and a min-heap of their timers) does the rest: reads while no
+//!   caller leads, the core's timers (keep-alive, idle, acknowledgement
+//!   delay, reconnect backoff), reconnects, and writes that batching held
+//!   back. A connect-call-close client therefore creates no thread and does
+//!   not even register its socket with the reactor (a socket is watched
+//!   for READABLE only once application threads have been idle for a tick,
+//!   1 ms, or while others wait and nobody leads; WRITABLE only while
+//!   connecting or while a write is blocked). While application threads
+//!   are busy with a client, the reactor's tick visits take no lock unless
+//!   one of the core's deadlines is due, and ticks fall on a shared grid,
+//!   so a thousand busy clients cost one reactor wake-up per tick and a
+//!   thousand clients do not run a thousand threads. Set
+//!   [`ClientConfig::caller_reads`] to `false` to compare.
 //! - **Server.** N worker event loops (default: one per available core), each
 //!   with its own `SO_REUSEPORT` listener (socket2, backlog 4096), mio `Poll`,
-//!   read buffer and [`mf_core::Endpoint`]. A `serve` handler runs on the
-//!   worker that owns the session, in batches, with no lock held; the
-//!   responses to a batch leave in one `writev` per connection. Pull-API
-//!   calls (`recv`, `respond`, `send`) lock the owning worker and write from
-//!   the calling thread.
+//!   read buffer and [`mf_core::Endpoint`]. A new connection is read once
+//!   before it is registered (a client's HELLO and first request arrive with
+//!   its connect). A `serve` handler runs on the worker that owns the
+//!   session, in batches, with no lock held; the responses to a batch, and
+//!   whatever the input itself asked for (the WELCOME, acknowledgements),
+//!   leave in one `sendmsg` per connection. A worker reads the clock once
+//!   per wake-up and once per handler batch. Pull-API calls (`recv`,
+//!   `respond`, `send`) lock the owning worker and write from the calling
+//!   thread.
 //!
 //! ### Resuming onto another worker
 //!
@@ -100,10 +115,12 @@
 //!
 //! ## Batching and system calls
 //!
-//! Reads use one large buffer (64 KiB per client, 256 KiB per server worker)
-//! and the core decodes every frame in it. Everything ready for a connection
-//! leaves in one `writev` (up to 64 slices; large bodies go by reference, not
-//! copied). One-way messages and [`Client::call_start`] hold their output
+//! Reads use one large buffer (1 MiB per thread that reads client sockets,
+//! [`ServerConfig::read_buffer_bytes`] per server worker), never zeroed, so
+//! only the pages reads touch become resident, and the core decodes every
+//! frame in it: a 1 MiB message arrives in one or two `recv` calls.
+//! Everything ready for a connection leaves in one `sendmsg` (up to 64
+//! slices; large bodies go by reference, not copied). One-way messages and [`Client::call_start`] hold their output
 //! for up to [`ClientConfig::write_batch_us`] (default 200 us) after a write,
 //! so a burst shares one `writev`; anything a thread then waits on is
 //! written at once. The server's pull API batches the same way
@@ -116,7 +133,7 @@
 //! Every queue is bounded by the protocol [`Config`] (send queue, calls in
 //! flight, credit windows, inbox, open requests, sessions and handshakes per
 //! server, handshake and idle timeouts); the driver adds only bounded
-//! buffers (read buffers, one transmit buffer per connection that is kept
+//! buffers (read buffers per thread, not per connection; one transmit buffer per connection that is kept
 //! only while its socket is full, a HELLO that arrives in pieces is
 //! completed with exact reads so a slow sender holds at most 80 bytes, a
 //! hand-off queue of at most 4096 connections and 16 MiB per worker). [`ServerConfig`] divides `sessions_max` and `handshakes_max`
@@ -133,7 +150,8 @@
 //!
 //! ## Verification
 //!
-//! Unix only (the reactor registers raw descriptors, the leader polls one).
+//! Unix only (the reactor registers raw descriptors; reads and writes use
+//! `MSG_DONTWAIT` and `MSG_NOSIGNAL`; a timed leader polls its socket).
 //! The wake-up protocol (completion slots, wait lists, the pull-mode ready
 //! signal, the shutdown flag) is modelled with loom:
 //! `RUSTFLAGS="--cfg loom" cargo test --release -p mf-driver-mio loom`. The

@@ -12,7 +12,9 @@
 //! Timers: each client has at most one live entry in a min-heap, keyed by
 //! its slot and the time it asked to be visited; older entries are skipped
 //! when they surface (lazy deletion), and the heap is rebuilt when stale
-//! entries dominate.
+//! entries dominate. Clients in use tick on a shared 1 ms grid, so busy
+//! clients are visited together, and such a visit takes the client's lock
+//! only if one of its deadlines is due (see `Shared::visit`).
 
 use crate::client::Shared;
 use mf_core::Instant;

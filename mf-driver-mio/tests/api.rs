@@ -20,6 +20,67 @@ fn call_timeout_fails_with_deadline_when_unanswered() {
     server.shutdown();
 }
 
+/// A call started with a deadline and then waited for without one still
+/// fails at its deadline: the waiting thread, reading the socket itself,
+/// must not sleep in a blocking read past it.
+#[test]
+fn pending_call_deadline_ends_an_untimed_wait() {
+    let server = common::server(1); // pull mode: nobody answers
+    let client = Client::connect(server.local_addr(), common::client_config(39)).unwrap();
+    let t = Instant::now();
+    let pending = client.call_start("ping", Some(Duration::from_millis(100))).unwrap();
+    match pending.wait() {
+        Err(Error::Deadline { fate }) => assert_eq!(fate, Fate::Unknown),
+        other => panic!("expected Deadline, got {other:?}"),
+    }
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    // Untimed calls still lead and complete once answered (the responder
+    // may see the expired request too: it answers whatever comes).
+    let s2 = server.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let answer = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(req) = s2.recv_timeout(Duration::from_millis(20)) {
+                let _ = s2.respond(&req, "pong");
+            }
+        }
+    });
+    assert_eq!(&client.call("ping").unwrap()[..], b"pong");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    answer.join().unwrap();
+    server.shutdown();
+}
+
+/// Against a peer that accepts and then says nothing at all (no WELCOME, no
+/// acknowledgement that could wake a reader), a call's deadline still ends
+/// the caller's wait on time: it fails while the connection is still in
+/// its handshake, long before the handshake timeout would drop it.
+#[test]
+fn call_deadline_ends_a_wait_on_a_silent_peer() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
+    let mut config = common::client_config(40);
+    config.protocol.handshake_timeout_ms = 60_000;
+    config.protocol.idle_timeout_ms = 120_000;
+    config.protocol.keepalive_interval_ms = 60_000;
+    let client = Client::connect(addr, config).unwrap();
+    let pending = client.call_start("anyone?", Some(Duration::from_millis(100))).unwrap();
+    match pending.wait() {
+        Err(Error::Deadline { .. }) => {}
+        other => panic!("expected Deadline, got {other:?}"),
+    }
+    assert_eq!(client.state(), ClientState::Handshaking);
+    match client.call_timeout("anyone?", Duration::from_millis(50)) {
+        Err(Error::Deadline { .. }) => {}
+        other => panic!("expected Deadline, got {other:?}"),
+    }
+    assert_eq!(client.state(), ClientState::Handshaking);
+    drop(client);
+    drop(held.join().unwrap());
+}
+
 #[test]
 fn pull_api_responds_and_rejects() {
     let server = common::server(2);
