@@ -339,21 +339,32 @@ fn answer(st: &mut State, now: mf_core::Instant, session: SessionId, id: ReqId, 
     }
 }
 
+/// Why [`take_items`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    /// Nothing more is ready.
+    All,
+    /// The batch is full; the taker goes on in its next round.
+    Batch,
+    /// Pending handlers or queued messages are at their limit; whoever
+    /// frees room signals `readable`.
+    Limit,
+}
+
 /// Take up to `max` ready items for the handler: requests into `requests`,
 /// one-way messages onto the state's message queue (the serve task runs
-/// them in order). Returns (the endpoint has nothing more ready, messages
-/// were queued).
+/// them in order). Returns why it stopped, and whether messages were queued.
 fn take_items(
     inner: &Inner,
     st: &mut State,
     now: mf_core::Instant,
     requests: &mut Vec<(SessionId, ReqId, Request)>,
     max: usize,
-) -> (bool, bool) {
+) -> (Taken, bool) {
     let mut queued = false;
     for _ in 0..max {
         if !inner.may_serve(st) {
-            return (false, queued);
+            return (Taken::Limit, queued);
         }
         match st.ep.recv(now) {
             Some((session, Incoming::Request { id, channel, body })) => {
@@ -363,10 +374,10 @@ fn take_items(
                 st.messages.push_back(Message { session, channel, body });
                 queued = true;
             }
-            None => return (true, queued),
+            None => return (Taken::All, queued),
         }
     }
-    (false, queued)
+    (Taken::Batch, queued)
 }
 
 /// A request handed to a [`Handler`].
@@ -984,14 +995,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnTask<R, W> {
                 st.ep.handle_input(now, self.conn, &self.rbuf[..got]);
             }
             let serving = self.lane.is_some() || inner.dispatch.get().is_some();
-            let (mut all_taken, mut queued) = (true, false);
+            let (mut taken, mut queued) = (Taken::All, false);
             if serving {
-                (all_taken, queued) = take_items(&inner, &mut st, now, &mut self.requests, batch_max);
+                (taken, queued) = take_items(&inner, &mut st, now, &mut self.requests, batch_max);
             }
             let defer = !self.requests.is_empty();
             let (mut s, me_dirty) = drain_deferring(&mut st, now, Some(self.conn), defer, false);
-            if serving && all_taken && !queued {
-                // Everything ready was taken here: nobody else need look.
+            if serving && taken != Taken::Limit && !queued {
+                // This task takes everything ready itself (now, or in its next
+                // round): nobody else need look.
                 s.readable = false;
             }
             let Some(closing) = self.sync_out(&mut st, cx) else {
@@ -1001,7 +1013,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnTask<R, W> {
             };
             drop(st);
             inner.signal(s);
-            if !all_taken {
+            if taken == Taken::Batch {
                 again = true;
                 look = true;
             }
