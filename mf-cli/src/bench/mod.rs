@@ -75,7 +75,8 @@ pub struct CommonArgs {
     /// Pinning: same (one vCPU for both ends), split (one each), both, none.
     #[arg(long, value_enum, default_value_t = PinArg::Both)]
     pub pin: PinArg,
-    /// Systems to run (comma-separated); the floor raw-std is always added.
+    /// Systems to run (comma-separated); the references raw-std and raw-tokio
+    /// are always added.
     #[arg(long, value_delimiter = ',', value_parser = System::from_name)]
     pub systems: Option<Vec<System>>,
     /// Rounds: each round runs every system once per case, in rotated order.
@@ -119,8 +120,10 @@ impl CommonArgs {
     /// The systems to run, the floor first.
     pub fn systems(&self) -> Vec<System> {
         let mut v = self.systems.clone().unwrap_or_else(|| System::ALL.to_vec());
-        if !v.contains(&System::RawStd) && !self.profile {
-            v.insert(0, System::RawStd);
+        // The references the targets are measured against: raw-std for
+        // P1-P4, raw-tokio for P5.
+        if !self.profile {
+            v.extend([System::RawStd, System::RawTokio]);
         }
         v.sort();
         v.dedup();
