@@ -6,6 +6,7 @@
 //! cargo run --release -p mf-driver-tokio --example pingpong -- mf 100000
 //! cargo run --release -p mf-driver-tokio --example pingpong -- raw 100000
 //! cargo run --release -p mf-driver-tokio --example pingpong -- mf 1000000 256   # pipelined
+//! cargo run --release -p mf-driver-tokio --example pingpong -- mf 1000 1 1048576 # 1 MiB calls
 //! ```
 //!
 //! Prints calls per second and, for `mf`, the client's and the server's
@@ -36,7 +37,7 @@ fn per_call(io: &IoStats, calls: u64) -> String {
     )
 }
 
-fn mf(calls: u64, depth: usize) {
+fn mf(calls: u64, depth: usize, size: usize) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (io_tx, io_rx) = std::sync::mpsc::channel();
@@ -55,12 +56,12 @@ fn mf(calls: u64, depth: usize) {
     let rt = runtime();
     let (elapsed, cio) = rt.block_on(async {
         let c = Client::connect(TcpConnector::new(addr), ClientOptions::default()).await.expect("connect");
-        let body = Bytes::from(vec![7u8; 64]);
+        let body = Bytes::from(vec![7u8; size]);
         let t = Instant::now();
         if depth <= 1 {
             for _ in 0..calls {
                 let r = c.call(0, body.clone()).await.expect("call");
-                assert_eq!(r.len(), 64);
+                assert_eq!(r.len(), size);
             }
         } else {
             let mut pending = VecDeque::new();
@@ -71,7 +72,7 @@ fn mf(calls: u64, depth: usize) {
                     started += 1;
                 }
                 let r = pending.pop_front().expect("pending").await.expect("call");
-                assert_eq!(r.len(), 64);
+                assert_eq!(r.len(), size);
                 done += 1;
             }
         }
@@ -138,8 +139,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let calls = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let depth = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let size = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(64);
     match args.get(1).map(String::as_str) {
         Some("raw") => raw(calls),
-        _ => mf(calls, depth),
+        _ => mf(calls, depth, size),
     }
 }

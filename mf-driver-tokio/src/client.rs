@@ -30,8 +30,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 
-/// Bytes the driver reads per `read` call.
-const READ_BUF_BYTES: usize = 64 << 10;
 /// The driver stops pulling from the core once this many bytes wait for the
 /// socket (the core keeps the rest queued, so memory stays bounded).
 const WRITE_HIGH_WATER_BYTES: usize = 256 << 10;
@@ -368,6 +366,7 @@ impl State {
                 let now = *now.get_or_insert_with(|| clock.now());
                 core.handle_input(now, &rbuf[..n]);
                 *tx_wanted = true;
+                crate::read_buf::grow_if_filled(rbuf, n);
                 Poll::Ready(true)
             }
             Poll::Ready(_) => {
@@ -705,7 +704,7 @@ impl Client {
                 core,
                 conn: None,
                 tbuf: TransmitBuf::new(),
-                rbuf: vec![0u8; READ_BUF_BYTES].into_boxed_slice(),
+                rbuf: crate::read_buf::new(),
                 read_wake: None,
                 read_armed: false,
                 reader_call: None,

@@ -56,6 +56,7 @@ mod client;
 mod clock;
 mod error;
 mod io_stats;
+mod read_buf;
 mod server;
 pub mod transport;
 

@@ -41,7 +41,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 
-const READ_BUF_BYTES: usize = 64 << 10;
 const WRITE_HIGH_WATER_BYTES: usize = 256 << 10;
 const IOV_MAX: usize = 64;
 /// A connection being closed gets this long to flush its last bytes.
@@ -124,6 +123,8 @@ struct ConnOut {
     woken: bool,
     /// The endpoint closed it: write `buf`, then close the socket.
     closing: bool,
+    /// The core may hold more output than `buf` took (it was full).
+    more: bool,
 }
 
 impl ConnOut {
@@ -219,17 +220,24 @@ impl Inner {
     }
 }
 
-fn fill(ep: &mut Endpoint, now: mf_core::Instant, conn: ConnId, buf: &mut TransmitBuf) -> bool {
+/// Pull `conn`'s output into its buffer, up to the high-water mark; what
+/// the core still holds then is flagged in `more`, for the connection task
+/// to pull once the buffer is written. True if anything came.
+fn fill(ep: &mut Endpoint, now: mf_core::Instant, conn: ConnId, c: &mut ConnOut) -> bool {
     let mut any = false;
-    while buf.len() < WRITE_HIGH_WATER_BYTES {
-        let before = buf.len();
-        ep.poll_transmit(now, conn, buf);
-        if buf.len() == before {
-            break;
+    c.more = false;
+    loop {
+        if c.buf.len() >= WRITE_HIGH_WATER_BYTES {
+            c.more = true;
+            return any;
+        }
+        let before = c.buf.len();
+        ep.poll_transmit(now, conn, &mut c.buf);
+        if c.buf.len() == before {
+            return any;
         }
         any = true;
     }
-    any
 }
 
 /// The core's driver loop for the endpoint: transmit, events, timer.
@@ -264,7 +272,7 @@ fn drain_deferring(
                 fill_me = false;
             }
             if let Some(c) = conns.get_mut(&conn) {
-                if fill(ep, now, conn, &mut c.buf) {
+                if fill(ep, now, conn, c) {
                     s.room = true;
                     if Some(conn) != me {
                         c.wake();
@@ -275,7 +283,7 @@ fn drain_deferring(
         if let Some(conn) = me.filter(|_| fill_me) {
             fill_me = false;
             if let Some(c) = conns.get_mut(&conn) {
-                fill(ep, now, conn, &mut c.buf);
+                fill(ep, now, conn, c);
             }
         }
         while let Some(e) = ep.poll_event() {
@@ -283,7 +291,7 @@ fn drain_deferring(
             match e {
                 ServerEvent::CloseConnection { conn, .. } => match conns.get_mut(&conn) {
                     Some(c) => {
-                        fill(ep, now, conn, &mut c.buf);
+                        fill(ep, now, conn, c);
                         c.closing = true;
                         c.wake();
                     }
@@ -825,8 +833,10 @@ async fn accept_task<L: Listen>(inner: Arc<Inner>, mut listener: L) {
                 return Err(false);
             }
             let conn = st.ep.accept(now);
-            st.conns
-                .insert(conn, ConnOut { buf: TransmitBuf::new(), waker: None, woken: false, closing: false });
+            st.conns.insert(
+                conn,
+                ConnOut { buf: TransmitBuf::new(), waker: None, woken: false, closing: false, more: false },
+            );
             st.io.connections += 1;
             Ok(conn)
         });
@@ -894,18 +904,22 @@ struct ConnTask<R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnTask<R, W> {
     /// Register this task's waker, note its counters, and take its output
     /// if the previous is written. True if the endpoint is closing it.
-    fn sync_out(&mut self, st: &mut State, cx: &mut Context<'_>) -> Option<bool> {
-        st.io.add(&self.io);
+    fn sync_out(&mut self, st: &mut State, cx: &mut Context<'_>, now: mf_core::Instant) -> Option<bool> {
+        let State { ep, conns, io, .. } = st;
+        io.add(&self.io);
         self.io = IoStats::default();
-        let c = st.conns.get_mut(&self.conn)?;
+        let c = conns.get_mut(&self.conn)?;
         c.woken = false;
         if !c.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             c.waker = Some(cx.waker().clone());
         }
         if self.out.is_empty() {
+            if c.buf.is_empty() && c.more {
+                fill(ep, now, self.conn, c);
+            }
             std::mem::swap(&mut self.out, &mut c.buf);
         }
-        self.more_out = !c.buf.is_empty();
+        self.more_out = !c.buf.is_empty() || c.more;
         Some(c.closing)
     }
 
@@ -993,6 +1007,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnTask<R, W> {
             let mut st = inner.lock();
             if got > 0 {
                 st.ep.handle_input(now, self.conn, &self.rbuf[..got]);
+                crate::read_buf::grow_if_filled(&mut self.rbuf, got);
             }
             let serving = self.lane.is_some() || inner.dispatch.get().is_some();
             let (mut taken, mut queued) = (Taken::All, false);
@@ -1006,7 +1021,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnTask<R, W> {
                 // round): nobody else need look.
                 s.readable = false;
             }
-            let Some(closing) = self.sync_out(&mut st, cx) else {
+            let Some(closing) = self.sync_out(&mut st, cx, now) else {
                 drop(st);
                 inner.signal(s);
                 return Poll::Ready(End::Lost);
@@ -1035,7 +1050,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnTask<R, W> {
                         answer(&mut st, now, session, id, r);
                     }
                     let (s, _) = drain_deferring(&mut st, now, Some(self.conn), false, me_dirty);
-                    let gone = self.sync_out(&mut st, cx).is_none();
+                    let gone = self.sync_out(&mut st, cx, now).is_none();
                     drop(st);
                     inner.signal(s);
                     if gone {
@@ -1075,7 +1090,7 @@ async fn conn_task<S: Stream>(inner: Arc<Inner>, conn: ConnId, stream: S) {
         wr,
         out: TransmitBuf::new(),
         more_out: false,
-        rbuf: vec![0u8; READ_BUF_BYTES].into_boxed_slice(),
+        rbuf: crate::read_buf::new(),
         lane: None,
         requests: Vec::new(),
         answers: Vec::new(),
@@ -1089,8 +1104,18 @@ async fn conn_task<S: Stream>(inner: Arc<Inner>, conn: ConnId, stream: S) {
             loop {
                 if t.out.is_empty() {
                     let mut st = inner.lock();
-                    match st.conns.get_mut(&conn) {
-                        Some(c) if !c.buf.is_empty() => std::mem::swap(&mut t.out, &mut c.buf),
+                    let now = inner.clock.now();
+                    let State { ep, conns, .. } = &mut *st;
+                    match conns.get_mut(&conn) {
+                        Some(c) if !c.buf.is_empty() || c.more => {
+                            if c.buf.is_empty() {
+                                fill(ep, now, conn, c);
+                            }
+                            std::mem::swap(&mut t.out, &mut c.buf);
+                            if t.out.is_empty() {
+                                break;
+                            }
+                        }
                         _ => break,
                     }
                 }

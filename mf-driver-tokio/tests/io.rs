@@ -135,6 +135,25 @@ async fn handshake_shares_the_first_write_and_close_writes_before_returning() {
     server.shutdown().await;
 }
 
+/// Output larger than a connection's buffer leaves in several writes
+/// without waiting for anything from the peer: here acks are held back for
+/// a minute, so a stall at the buffer's high-water mark would time out.
+#[tokio::test]
+async fn large_messages_flow_without_waiting_for_acks() {
+    let (server, addr) = echo_server(ServerOptions::new(quiet_config()));
+    let client = Client::connect(TcpConnector::new(addr), ClientOptions::new(quiet_config())).await.unwrap();
+    let body = Bytes::from((0..3u32 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(20), client.call(0, body.clone()))
+            .await
+            .expect("stalled");
+        assert!(r.unwrap() == body);
+    }
+    assert!(server.io_stats().write_syscalls >= 2 * 12, "{:?}", server.io_stats());
+    client.close().await;
+    server.shutdown().await;
+}
+
 /// A ping-pong call writes its request and reads its response itself.
 #[tokio::test]
 async fn awaited_calls_write_and_read_themselves() {
