@@ -145,7 +145,7 @@ pub struct ServerConfig {
     /// Listen backlog of each worker's listener. Default 4096 (a burst of
     /// connects overflows smaller queues).
     pub backlog: u32,
-    /// Bytes each worker reads per `read` call. Default 1 MiB (allocated
+    /// Bytes each worker reads per `read` call. Default 2 MiB (allocated
     /// zeroed, so only the pages reads touch become resident).
     pub read_buffer_bytes: usize,
     /// Write batching for the pull API (`respond`, `reject`, `send` from
@@ -166,7 +166,7 @@ impl Default for ServerConfig {
             tcp: TcpOptions::default(),
             workers: 0,
             backlog: 4096,
-            read_buffer_bytes: 1 << 20,
+            read_buffer_bytes: 2 << 20,
             write_batch_us: 200,
             seed: None,
         }

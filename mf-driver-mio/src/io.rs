@@ -257,8 +257,11 @@ pub(crate) fn wait_readable(s: &TcpStream, timeout: Duration) -> bool {
 /// thread that makes them (the reactor's, or an application thread's while
 /// it leads), not into one per client: a thousand idle clients hold no read
 /// buffers, and a large message arrives in few `recv` calls. The buffer is
-/// never zeroed, so only the pages reads touch become resident.
-pub(crate) const READ_BUFFER_BYTES: usize = 1 << 20;
+/// never zeroed, so only the pages reads touch become resident. Larger
+/// than a 1 MiB message with its frame headers, so such a message arrives
+/// whole in one read and no fragment is split between reads (the core
+/// copies a split fragment once more).
+pub(crate) const READ_BUFFER_BYTES: usize = 2 << 20;
 
 thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

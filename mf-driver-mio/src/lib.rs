@@ -115,10 +115,10 @@
 //!
 //! ## Batching and system calls
 //!
-//! Reads use one large buffer (1 MiB per thread that reads client sockets,
+//! Reads use one large buffer (2 MiB per thread that reads client sockets,
 //! [`ServerConfig::read_buffer_bytes`] per server worker), never zeroed, so
 //! only the pages reads touch become resident, and the core decodes every
-//! frame in it: a 1 MiB message arrives in one or two `recv` calls.
+//! frame in it: a 1 MiB message usually arrives in one `recv` call.
 //! Everything ready for a connection leaves in one `sendmsg` (up to 64
 //! slices; large bodies go by reference, not copied). One-way messages and [`Client::call_start`] hold their output
 //! for up to [`ClientConfig::write_batch_us`] (default 200 us) after a write,
