@@ -19,6 +19,13 @@ use std::time::Duration;
 #[non_exhaustive]
 pub struct TcpOptions {
     /// `TCP_NODELAY`: no Nagle delay for small messages. Default on.
+    ///
+    /// Turning it off is a cliff for request/response traffic: a write made
+    /// while an earlier small one is unacknowledged waits for the peer's
+    /// delayed acknowledgement (up to 40 ms on Linux), so pipelined 64-byte
+    /// calls fall to a few percent of their rate (`mf bench sweep`). The
+    /// driver batches its own writes (`write_batch_us`), which is what Nagle
+    /// would otherwise be for.
     pub nodelay: bool,
     /// `TCP_QUICKACK` (Linux only; ignored elsewhere): set once on each new
     /// socket, so the first acknowledgements are not delayed. Default off.
