@@ -7,6 +7,7 @@
 //! cargo run --release -p mf-driver-tokio --example pingpong -- raw 100000
 //! cargo run --release -p mf-driver-tokio --example pingpong -- mf 1000000 256   # pipelined
 //! cargo run --release -p mf-driver-tokio --example pingpong -- mf 1000 1 1048576 # 1 MiB calls
+//! cargo run --release -p mf-driver-tokio --example pingpong -- short 5000         # start, call, close
 //! ```
 //!
 //! Prints calls per second and, for `mf`, the client's and the server's
@@ -92,6 +93,46 @@ fn mf(calls: u64, depth: usize, size: usize) {
     println!("  server per call: {}", per_call(&sio, calls));
 }
 
+/// Short connections: `start` (or `connect`), one call, `close`.
+fn short(conns: u64, wait_connected: bool) {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+            addr_tx.send(l.local_addr().expect("addr")).expect("send");
+            let server = Server::start(l, ServerOptions::default()).expect("server");
+            server.serve(|req: Request| async move { Ok(req.body) });
+            let _ = stop_rx.await;
+            server.shutdown().await;
+        })
+    });
+    let addr = addr_rx.recv().expect("addr");
+    let (elapsed, writes) = runtime().block_on(async {
+        let body = Bytes::from(vec![7u8; 64]);
+        let (t, mut writes) = (Instant::now(), 0);
+        for _ in 0..conns {
+            let c = if wait_connected {
+                Client::connect(TcpConnector::new(addr), ClientOptions::default()).await.expect("connect")
+            } else {
+                Client::start(TcpConnector::new(addr), ClientOptions::default()).expect("start")
+            };
+            assert_eq!(c.call(0, body.clone()).await.expect("call").len(), 64);
+            c.close().await;
+            writes += c.io_stats().write_syscalls;
+        }
+        (t.elapsed(), writes)
+    });
+    let _ = stop_tx.send(());
+    server.join().expect("server thread");
+    let how = if wait_connected { "connect" } else { "start" };
+    println!(
+        "short ({how}): {conns} connections in {elapsed:?}: {:.0} connections/s, {:.2} client writes each",
+        conns as f64 / elapsed.as_secs_f64(),
+        writes as f64 / conns as f64
+    );
+}
+
 fn raw(calls: u64) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
@@ -142,6 +183,8 @@ fn main() {
     let size = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(64);
     match args.get(1).map(String::as_str) {
         Some("raw") => raw(calls),
+        Some("short") => short(calls, false),
+        Some("short-connect") => short(calls, true),
         _ => mf(calls, depth, size),
     }
 }

@@ -19,6 +19,21 @@
 //! All time comes from `tokio::time`: a paused test runtime or turmoil's
 //! clock drives keep-alives, deadlines and reconnect backoff.
 //!
+//! ## What a call costs
+//!
+//! An awaited `call` writes its request itself (one `writev`, no task
+//! switch) and reads its own response, so in ping-pong a call is one write
+//! and one read on each side, as on a raw socket. Output queued without
+//! waiting (`send`, `try_call`) leaves in one write per turn of the driver
+//! task; the server answers every request of one read in one write, polling
+//! each handler future once in the connection's own task (a task is spawned
+//! only for a future still pending). `ClientOptions::write_batch_us` and
+//! `ServerOptions::write_batch_us` turn batching off or hold output longer;
+//! [`Client::io_stats`] and [`Server::io_stats`] count reads, writes and
+//! wake-ups ([`IoStats`]). For a short-lived connection, [`Client::start`]
+//! and a first call send the HELLO and the request in one write, and
+//! [`Client::close`] returns once the CLOSE frame is written.
+//!
 //! Every async method documents its cancel safety. In short: dropping a
 //! `send` future before it returns means the message was not queued;
 //! dropping a `call` future cancels the call (the server application sees
