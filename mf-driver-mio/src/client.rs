@@ -603,7 +603,10 @@ impl Receipt {
                 st.run_due_timers(&sh.env);
                 st.receipts.peek(self.id).copied()
             },
-            |st, t| st.receipts.register(self.id, t),
+            |st, t| {
+                st.receipts.register(self.id, t);
+                st.need_reads(&sh.env);
+            },
         );
         match r {
             None => Err(Error::Timeout),
@@ -670,6 +673,7 @@ impl Shared {
                     }
                     g.flush_held(&self.env, u64::MAX);
                     g.senders.add(crate::sync::current());
+                    g.need_reads(&self.env);
                     drop(g);
                     crate::sync::park(left);
                     g = lock(&self.st);
@@ -762,6 +766,7 @@ impl Shared {
                 continue;
             }
             g.calls.register(id, crate::sync::current());
+            g.need_reads(env);
             drop(g);
             crate::sync::park(left);
             g = lock(&self.st);
@@ -882,7 +887,10 @@ impl Shared {
                 st.run_due_timers(&self.env);
                 None
             },
-            |st, t| st.readers.add(t),
+            |st, t| {
+                st.readers.add(t);
+                st.need_reads(&self.env);
+            },
         );
         r.unwrap_or(Err(Error::Timeout))
     }
@@ -908,7 +916,10 @@ impl Shared {
                 st.run_due_timers(&self.env);
                 st.ended
             },
-            |st, t| st.closers.add(t),
+            |st, t| {
+                st.closers.add(t);
+                st.need_reads(&self.env);
+            },
         );
         drop(g);
         match r {
@@ -1141,6 +1152,15 @@ impl State {
                 }
             }
             Err(_) => self.core.connect_failed(now),
+        }
+    }
+
+    /// A thread is about to wait for something only socket input brings,
+    /// without reading the socket itself: unless a leader reads, the reactor
+    /// must (at once, not at its next idle tick).
+    fn need_reads(&mut self, env: &Env) {
+        if !self.leading && !self.io_reads {
+            self.set_io_reads(env, true);
         }
     }
 
