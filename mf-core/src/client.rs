@@ -99,10 +99,12 @@ impl Client {
 
     // --- outputs ---------------------------------------------------------
 
-    /// Append bytes to write to the transport (at most `transmit_bytes_max`
-    /// per call; call again while it appends).
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut TransmitBuf) {
-        self.s.poll_transmit(now, buf);
+    /// Append bytes to write to the transport. Returns `true` if it stopped
+    /// at `transmit_bytes_max` and more may be ready (call again once there
+    /// is room); `false` means everything ready now has been appended, so a
+    /// driver need not call again until the next input, command or timer.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut TransmitBuf) -> bool {
+        self.s.poll_transmit(now, buf)
     }
 
     /// When to call `handle_timeout` next.

@@ -480,24 +480,29 @@ impl Endpoint {
 
     // --- outputs ---------------------------------------------------------
 
-    /// Append bytes to write to `conn`.
-    pub fn poll_transmit(&mut self, now: Instant, conn: ConnId, buf: &mut TransmitBuf) {
-        let Some(c) = self.conn(conn) else { return };
+    /// Append bytes to write to `conn`. Returns `true` if it stopped at
+    /// `transmit_bytes_max` and more may be ready; `false` means everything
+    /// ready for `conn` has been appended (as [`Client::poll_transmit`]).
+    ///
+    /// [`Client::poll_transmit`]: crate::Client::poll_transmit
+    pub fn poll_transmit(&mut self, now: Instant, conn: ConnId, buf: &mut TransmitBuf) -> bool {
+        let Some(c) = self.conn(conn) else { return false };
         match &mut c.state {
             ConnState::Closing(code) => {
                 if let Some((code, d)) = code.take() {
                     encode::close(buf, code, &d.bytes[..d.len]);
                 }
+                false
             }
             ConnState::Bound(idx) => {
                 let idx = *idx;
-                if let Some(s) = self.sessions[idx as usize].session.as_mut() {
-                    s.poll_transmit(now, buf);
-                    // Not dirty again: the driver calls until nothing comes out.
-                    self.sync_inner(idx, false);
-                }
+                let Some(s) = self.sessions[idx as usize].session.as_mut() else { return false };
+                let more = s.poll_transmit(now, buf);
+                // Not dirty again: the driver calls until nothing comes out.
+                self.sync_inner(idx, false);
+                more
             }
-            ConnState::Handshaking { .. } | ConnState::Free => {}
+            ConnState::Handshaking { .. } | ConnState::Free => false,
         }
     }
 
@@ -544,9 +549,11 @@ impl Endpoint {
             let light = item.is_some() && !s.is_ended();
             if light {
                 let deadline = s.poll_timeout().unwrap_or(Instant::NEVER);
-                if deadline < slot.heap_deadline {
+                if deadline != slot.heap_deadline {
                     slot.heap_deadline = deadline;
-                    self.heap.push(Reverse((deadline, idx, slot.generation)));
+                    if deadline != Instant::NEVER {
+                        self.heap.push(Reverse((deadline, idx, slot.generation)));
+                    }
                 }
                 let urgent = s.link.credit_pending;
                 let conn = slot.conn;
@@ -560,6 +567,7 @@ impl Endpoint {
                 if self.heap.len() > 2 * self.sessions.len() + 64 {
                     self.compact_heap();
                 }
+                self.prune_heap();
             } else {
                 if more {
                     slot.in_ready = true;
@@ -769,10 +777,14 @@ impl Endpoint {
             // Detached without an event (superseded): nothing to close here.
             slot.conn = None;
         }
+        // Track the session's live deadline exactly: an earlier or a later
+        // one gets its own entry; the old one becomes stale and is pruned.
         let deadline = s.poll_timeout().unwrap_or(Instant::NEVER);
-        if deadline < slot.heap_deadline {
+        if deadline != slot.heap_deadline {
             slot.heap_deadline = deadline;
-            self.heap.push(Reverse((deadline, idx, slot.generation)));
+            if deadline != Instant::NEVER {
+                self.heap.push(Reverse((deadline, idx, slot.generation)));
+            }
         }
         let conn = slot.conn;
         let free = s.is_ended() && s.inbox_len() == 0;
@@ -797,6 +809,21 @@ impl Endpoint {
         }
         if self.heap.len() > 2 * self.sessions.len() + 64 {
             self.compact_heap();
+        }
+        self.prune_heap();
+    }
+
+    /// Drop stale entries from the top of the timer heap, so `poll_timeout`
+    /// reports a live deadline and the driver does not wake for nothing.
+    fn prune_heap(&mut self) {
+        while let Some(&Reverse((t, idx, generation))) = self.heap.peek() {
+            let live = self.sessions.get(idx as usize).is_some_and(|slot| {
+                slot.generation == generation && slot.session.is_some() && slot.heap_deadline == t
+            });
+            if live {
+                break;
+            }
+            self.heap.pop();
         }
     }
 

@@ -98,3 +98,22 @@ fn campaign() {
     eprintln!("{n} seeds, {faults} faults, {checked} messages and calls checked, failures: {failures:?}");
     assert!(failures.is_empty());
 }
+
+/// Replay one seed of `campaign`: `MF_SEED=901 cargo test --release -p mf-core
+/// --test scenarios replay_campaign_seed -- --ignored --nocapture`.
+#[test]
+#[ignore = "replays the seed in MF_SEED"]
+fn replay_campaign_seed() {
+    let seed: u64 = std::env::var("MF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let clients = 1 + (seed % 4) as usize;
+    let cfg = ScenarioConfig {
+        clients,
+        fault_every_steps: 5 + seed % 60,
+        large_pct: (seed % 30) as u8,
+        call_pct: (seed * 7 % 80) as u8,
+        ..ScenarioConfig::default()
+    };
+    if let Err(e) = scenario::run(seed, &cfg) {
+        panic!("{e}");
+    }
+}

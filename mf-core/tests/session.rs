@@ -593,3 +593,68 @@ fn send_room_follows_a_refusal_once() {
     let rooms = client_events(&mut net, c).iter().filter(|e| **e == Event::SendRoom).count();
     assert_eq!(rooms, 1);
 }
+
+#[test]
+fn poll_transmit_says_when_nothing_more_is_ready_and_timers_are_live() {
+    let now = Instant::ZERO;
+    let mut server = mf_core::Endpoint::new_at(fast_config(), mf_core::seed_from_u64(1), now).unwrap();
+    let mut client = mf_core::Client::new(fast_config(), mf_core::seed_from_u64(2)).unwrap();
+    let mut buf = TransmitBuf::new();
+    let mut bytes = Vec::new();
+    client.connected(now);
+    let conn = server.accept(now);
+    client.call(0, "q", None).unwrap();
+    assert!(!client.poll_transmit(now, &mut buf), "one small call: everything fits");
+    buf.copy_to_vec(&mut bytes);
+    assert!(!client.poll_transmit(now, &mut buf) && buf.is_empty(), "an empty call appends nothing");
+    server.handle_input(now, conn, &bytes);
+    let (sid, Incoming::Request { id, .. }) = server.recv(now).unwrap() else { panic!() };
+    // Receiving armed the ack delay; the answer carries the ACK instead ...
+    assert!(server.poll_timeout().unwrap() <= now.add_millis(fast_config().ack_delay_ms));
+    server.respond(now, sid, id, "a").unwrap();
+    assert!(!server.poll_transmit(now, conn, &mut buf));
+    assert!(!buf.is_empty());
+    // ... so the next deadline is the keep-alive, not a stale ack delay.
+    let next = server.poll_timeout().unwrap();
+    assert!(next >= now.add_millis(fast_config().keepalive_interval_ms), "{next:?}");
+    // More than one call's budget: it says so.
+    let big = Config { transmit_bytes_max: 16 << 10, ..fast_config() };
+    let mut c2 = mf_core::Client::new(big, mf_core::seed_from_u64(3)).unwrap();
+    for _ in 0..40 {
+        c2.send(0, Bytes::from(vec![0u8; 1000])).unwrap();
+    }
+    c2.connected(now);
+    let mut b2 = TransmitBuf::new();
+    assert!(c2.poll_transmit(now, &mut b2), "stopped at the budget with more ready");
+}
+
+/// Found by the 2,000-seed campaign (seed 901): after a re-create, a server
+/// restart before the WELCOME must not let a second create deliver the
+/// messages again.
+#[test]
+fn a_recreate_is_one_hello() {
+    let mut net = net(24);
+    net.run_for(Duration::from_millis(1_000), 10_000);
+    let c = net.add_client(fast_config());
+    let id = net.client(c).send(0, "once").unwrap();
+    net.connect(c);
+    net.cut_after(c, Dir::Up, 40);
+    // The re-created session takes the message; the server restarts before
+    // its WELCOME reaches the client.
+    net.run_until(STEPS, |net| net.client(0).stats().recreated == 1 && net.server.session_count() == 1);
+    let got = drain_server(&mut net, 1);
+    assert_eq!(got.len(), 1);
+    net.restart_server();
+    let mut events = Vec::new();
+    net.run_until(STEPS, |net| {
+        assert!(net.server_recv().is_none(), "delivered a second time");
+        events.extend(client_events(net, c));
+        events.iter().any(|e| matches!(e, Event::SessionEnded { .. }))
+    });
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::SendFailed { id: i, failure } if *i == id && failure.fate == Fate::Unknown)
+        ),
+        "{events:?}"
+    );
+}

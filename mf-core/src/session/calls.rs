@@ -8,8 +8,30 @@ use std::hash::{BuildHasher, Hasher};
 
 /// Identifies a call: on the client, returned by `call`; on the server, seen
 /// in [`Incoming::Request`](crate::Incoming::Request) and passed to `respond`.
+///
+/// Layout, as chosen by the client core (a stable part of the API): the low
+/// 20 bits are the call's slot, below `calls_in_flight_max` and fixed for the
+/// call's life ([`ReqId::slot`]); the bits above are the session's call
+/// number, so an id never repeats within a session. A driver may index its
+/// waiters by [`ReqId::slot`]. The server treats ids as opaque.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReqId(pub u64);
+
+impl ReqId {
+    /// The call's slot: below `Config::calls_in_flight_max`, unique among the
+    /// client's calls in flight (a driver can index an array by it).
+    ///
+    /// ```
+    /// let mut c = mf_core::Client::new(mf_core::Config::default(), mf_core::seed_from_u64(1)).unwrap();
+    /// let a = c.call(0, "a", None).unwrap();
+    /// let b = c.call(0, "b", None).unwrap();
+    /// assert_ne!(a.slot(), b.slot());
+    /// assert!(b.slot() < 1024);
+    /// ```
+    pub fn slot(self) -> usize {
+        (self.0 & (CALLS_IN_FLIGHT_LIMIT as u64 - 1)) as usize
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CallState {

@@ -172,7 +172,6 @@ impl Session {
         self.timers.stop(Timer::SessionExpiry);
         self.backoff_attempt = 0;
         self.welcomed = true;
-        self.recreate = false;
         if h.resume {
             self.stats.resumes += 1;
         }
@@ -409,14 +408,28 @@ impl Session {
     /// Append everything ready to go to `buf`: the handshake, control frames,
     /// retransmissions, new data (interleaved across channels, within credit),
     /// and ACK/CREDIT (piggybacked on anything else, or when due).
-    pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut TransmitBuf) {
+    pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut TransmitBuf) -> bool {
         let start = buf.len();
         if let Some(code) = self.link.close_frame.take() {
             encode::close(buf, code, b"");
         }
         if self.link.state == LinkState::Down || self.is_ended() {
             self.stats.wire_bytes_out += (buf.len() - start) as u64;
-            return;
+            return false;
+        }
+        // Nothing queued, nothing to resend, no control frame due: the
+        // common empty call returns here.
+        let idle = !self.link.handshake_pending
+            && !self.link.pong_pending
+            && !self.link.ping_pending
+            && !self.link.ack_pending
+            && !self.link.credit_pending
+            && self.link.xmit_seq == self.tx.next_seq
+            && self.bufs.as_deref().is_none_or(|b| {
+                b.pending.is_empty() && b.pending_resp.is_empty() && b.ctrl.is_empty() && b.streams.is_empty()
+            });
+        if idle {
+            return false;
         }
         if self.link.handshake_pending {
             self.link.handshake_pending = false;
@@ -427,6 +440,9 @@ impl Session {
                     // it, and a new session must never receive it twice.
                     // Until then a retry may create the session afresh.
                     let resume = (self.welcomed || self.tx.next_seq > 0) && !self.recreate;
+                    // A re-create is one HELLO: once it has left, the server
+                    // may hold the session again, so later connections resume.
+                    self.recreate = false;
                     self.link.resumed = resume;
                     self.first_hello_at = self.first_hello_at.min(now);
                     let h = self.own_handshake(resume);
@@ -463,6 +479,9 @@ impl Session {
             self.link.credit_pending = false;
             self.timers.stop(Timer::AckDelay);
         }
-        self.stats.wire_bytes_out += (buf.len() - start) as u64;
+        let appended = buf.len() - start;
+        self.stats.wire_bytes_out += appended as u64;
+        // The scheduler stops only at the budget or when nothing is ready.
+        appended >= self.config.transmit_bytes_max as usize
     }
 }
