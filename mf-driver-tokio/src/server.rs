@@ -577,7 +577,8 @@ impl Server {
     /// Start accepting on `listener`. Must be called inside a tokio runtime.
     pub fn start<L: Listen>(listener: L, options: ServerOptions) -> Result<Server, ConfigError> {
         let seed = options.seed.unwrap_or_else(os_seed);
-        let ep = Endpoint::new(options.config, seed)?;
+        // The clock below starts now: the endpoint knows its start (see Endpoint::new_at).
+        let ep = Endpoint::new_at(options.config, seed, mf_core::Instant::ZERO)?;
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 ep,
