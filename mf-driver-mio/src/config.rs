@@ -43,6 +43,15 @@ pub struct TcpOptions {
     /// listener to the same address. Default on; with it off the server runs
     /// one worker.
     pub reuseport: bool,
+    /// `TCP_DEFER_ACCEPT` on listeners (Linux only; ignored elsewhere): the
+    /// kernel hands a connection to the server only once its first bytes
+    /// (a client's HELLO and first request, which leave in one write) have
+    /// arrived, or after this long (rounded up to whole seconds). A worker
+    /// is then woken once per short connection instead of twice, and reads
+    /// the request right after `accept`. A connection that says nothing is
+    /// held by the kernel meanwhile, then handed over and closed by the
+    /// handshake timeout as before. `None` turns it off. Default 1000 ms.
+    pub defer_accept_ms: Option<u64>,
 }
 
 impl Default for TcpOptions {
@@ -55,6 +64,7 @@ impl Default for TcpOptions {
             keepalive_ms: None,
             linger_ms: None,
             reuseport: true,
+            defer_accept_ms: Some(1000),
         }
     }
 }

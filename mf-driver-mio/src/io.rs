@@ -291,8 +291,69 @@ pub(crate) fn listen(addr: SocketAddr, tcp: &TcpOptions, backlog: u32) -> io::Re
         s.set_reuse_port(true)?;
     }
     tcp.apply_buffers(&SockRef::from(&s))?;
+    if let Some(ms) = tcp.defer_accept_ms {
+        set_defer_accept(&s, ms)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(mio::net::TcpListener::from_std(s.into()))
+}
+
+/// `TCP_DEFER_ACCEPT` (see `TcpOptions::defer_accept_ms`), in whole seconds.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_defer_accept(s: &Socket, ms: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = ms.div_ceil(1000).min(libc::c_int::MAX as u64) as libc::c_int;
+    // SAFETY: `s` is an open socket for the duration of the call, and the
+    // option value is a `c_int` that lives across it, with its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_defer_accept(_: &Socket, _: u64) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(all(test, not(loom), any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn defer_accept_secs(l: &mio::net::TcpListener) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a live socket, and a `c_int` out-parameter with its size.
+        let r = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        v
+    }
+
+    /// Listeners defer accepting until a client's first bytes by default,
+    /// and not at all when asked not to.
+    #[test]
+    fn listeners_defer_accept_by_default() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let on = listen(addr, &TcpOptions::default(), 16).unwrap();
+        assert!(defer_accept_secs(&on) > 0);
+        let off = listen(addr, &TcpOptions { defer_accept_ms: None, ..TcpOptions::default() }, 16).unwrap();
+        assert_eq!(defer_accept_secs(&off), 0);
+    }
 }

@@ -87,9 +87,11 @@
 //!   [`ClientConfig::caller_reads`] to `false` to compare.
 //! - **Server.** N worker event loops (default: one per available core), each
 //!   with its own `SO_REUSEPORT` listener (socket2, backlog 4096), mio `Poll`,
-//!   read buffer and [`mf_core::Endpoint`]. A new connection is read once
-//!   before it is registered (a client's HELLO and first request arrive with
-//!   its connect). A `serve` handler runs on the worker that owns the
+//!   read buffer and [`mf_core::Endpoint`]. Listeners defer accepting a
+//!   connection until its first bytes arrive (`TCP_DEFER_ACCEPT`, see
+//!   [`TcpOptions::defer_accept_ms`]), and a new connection is read once
+//!   before it is registered: a client's HELLO and first request leave in
+//!   one write, so a short connection wakes its worker once. A `serve` handler runs on the worker that owns the
 //!   session, in batches, with no lock held; the responses to a batch, and
 //!   whatever the input itself asked for (the WELCOME, acknowledgements),
 //!   leave in one `sendmsg` per connection. A worker reads the clock once
