@@ -32,17 +32,21 @@ fn mio_app(server: mio_drv::Server, checker: Shared, stop: Arc<AtomicBool>) -> t
         while !stop.load(Ordering::Acquire) {
             // Hold the checker while taking a message: taking it lets its
             // receipt go back, and the client must not record the receipt
-            // before the arrival is recorded.
-            let mut c = checker.lock().unwrap();
-            match server.recv_timeout(Duration::from_millis(1)) {
+            // before the arrival is recorded. Only a non-blocking take runs
+            // under the lock: a thread that waited while holding it (and
+            // took it again at once) could starve the client's tasks of the
+            // lock, and so of keep-alives, until the session expired.
+            let taken = {
+                let mut c = checker.lock().unwrap();
+                server.try_recv().inspect(|inb| c.arrived(&inb.body))
+            };
+            match taken {
                 Ok(inb) => {
-                    c.arrived(&inb.body);
-                    drop(c);
                     if inb.is_request() {
                         let _ = server.respond(&inb, response_for(&inb.body));
                     }
                 }
-                Err(mio_drv::Error::Timeout) => {}
+                Err(mio_drv::Error::Empty) => thread::sleep(Duration::from_micros(200)),
                 Err(e) => panic!("mio server recv: {e}"),
             }
         }
@@ -91,7 +95,12 @@ fn tokio_client_against_mio_server_through_cuts() {
                         Err(tokio_drv::SendError::Full(_)) => {
                             tokio::time::sleep(Duration::from_millis(1)).await
                         }
-                        Err(e) => panic!("call {seq}: {e}"),
+                        Err(e) => panic!(
+                            "call {seq}: {e}; session ended: {:?}, {} connections, {} cuts",
+                            client.session_ended(),
+                            client.connects(),
+                            proxy.cuts()
+                        ),
                     }
                 };
                 let checker = checker.clone();
@@ -107,7 +116,13 @@ fn tokio_client_against_mio_server_through_cuts() {
             } else {
                 let body = payload(Kind::Message, 0, seq, channel, extra);
                 checker.lock().unwrap().sent(0, seq, channel);
-                let receipt = client.send(channel, body).await.unwrap();
+                let receipt = client.send(channel, body).await.unwrap_or_else(|e| {
+                    panic!(
+                        "message {seq}: {e}; session ended: {:?}, {} connections",
+                        client.session_ended(),
+                        client.connects()
+                    )
+                });
                 let checker = checker.clone();
                 waiters.push(tokio::spawn(async move {
                     let r = receipt.await;
