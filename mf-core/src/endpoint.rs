@@ -827,8 +827,12 @@ impl Endpoint {
         }
     }
 
+    /// Rebuild the heap from the live deadlines, in the heap's own buffer:
+    /// no allocation (a fresh buffer here re-grew on every push after it,
+    /// 0.05 allocations per message in a ping-pong).
     fn compact_heap(&mut self) {
-        let mut v = Vec::with_capacity(self.sessions.len());
+        let mut v = std::mem::take(&mut self.heap).into_vec();
+        v.clear();
         for (i, slot) in self.sessions.iter().enumerate() {
             if slot.session.is_some() && slot.heap_deadline != Instant::NEVER {
                 v.push(Reverse((slot.heap_deadline, i as u32, slot.generation)));
