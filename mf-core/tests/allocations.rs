@@ -94,11 +94,13 @@ impl Pair {
         panic!("the pair did not go quiet in 64 rounds");
     }
 
-    /// `calls` sequential calls, `step_us` of time passing before each.
-    fn ping_pong(&mut self, body: &Bytes, calls: u64, step_us: u64) {
+    /// `calls` sequential calls, `step_us` of time passing before each,
+    /// each with a deadline `deadline_ms` from now if given.
+    fn ping_pong(&mut self, body: &Bytes, calls: u64, step_us: u64, deadline_ms: Option<u64>) {
         for _ in 0..calls {
             self.now = Instant::from_micros(self.now.as_micros() + step_us);
-            self.client.call(0, body.clone(), None).expect("room for one call");
+            let deadline = deadline_ms.map(|ms| self.now.add_millis(ms));
+            self.client.call(0, body.clone(), deadline).expect("room for one call");
             self.pump(body);
         }
     }
@@ -110,20 +112,26 @@ fn ping_pong_allocates_at_most_one_block_per_message() {
     let body = Bytes::from_static(&BODY);
     let mut p = Pair::new();
     // Time steps that cross the ack delay now and then, as a real ping-pong
-    // at tens of microseconds per call does.
-    p.ping_pong(&body, 5_000, 37);
-    let calls = 40_000;
-    let before = ALLOCS.load(Relaxed);
-    p.ping_pong(&body, calls, 37);
-    let allocs = ALLOCS.load(Relaxed) - before;
-    assert_eq!(p.responses, 5_000 + calls, "every call answered");
-    // A call is two messages; each arrives in a block of its own (the
-    // received body). Anything more per call is a leak of allocations into
-    // the steady state (such as a timer structure that re-grows).
-    let per_message = allocs as f64 / (2 * calls) as f64;
-    println!("{allocs} allocations for {calls} calls: {per_message:.4} per message");
-    assert!(
-        per_message <= 1.0 + 1e-3,
-        "{per_message:.4} allocations per message ({allocs} for {calls} calls)"
-    );
+    // at tens of microseconds per call does; without and with a deadline
+    // per call (the call table's deadline heap).
+    for deadline_ms in [None, Some(1_000)] {
+        p.ping_pong(&body, 5_000, 37, deadline_ms);
+        let calls = 40_000;
+        let answered = p.responses;
+        let before = ALLOCS.load(Relaxed);
+        p.ping_pong(&body, calls, 37, deadline_ms);
+        let allocs = ALLOCS.load(Relaxed) - before;
+        assert_eq!(p.responses - answered, calls, "every call answered");
+        // A call is two messages; each arrives in a block of its own (the
+        // received body). Anything more per call is a leak of allocations
+        // into the steady state (such as a timer heap that re-grows).
+        let per_message = allocs as f64 / (2 * calls) as f64;
+        println!(
+            "deadline {deadline_ms:?}: {allocs} allocations for {calls} calls: {per_message:.4} per message"
+        );
+        assert!(
+            per_message <= 1.0 + 1e-3,
+            "deadline {deadline_ms:?}: {per_message:.4} allocations per message ({allocs} for {calls} calls)"
+        );
+    }
 }

@@ -171,14 +171,13 @@ impl Reactor {
         s.at = at;
         t.heap.push(Reverse((at, slot)));
         if t.heap.len() > 2 * t.slots.len() + 64 {
-            let live: Vec<_> = t
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| {
-                    s.as_ref().filter(|s| s.at != Instant::NEVER).map(|s| Reverse((s.at, i)))
-                })
-                .collect();
+            // Rebuilt in the heap's own buffer: a fresh one would re-grow,
+            // allocating again and again in steady state.
+            let mut live = std::mem::take(&mut t.heap).into_vec();
+            live.clear();
+            live.extend(t.slots.iter().enumerate().filter_map(|(i, s)| {
+                s.as_ref().filter(|s| s.at != Instant::NEVER).map(|s| Reverse((s.at, i)))
+            }));
             t.heap = BinaryHeap::from(live);
         }
         let slack = if precise { 0 } else { SLACK_US };

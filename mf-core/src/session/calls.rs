@@ -154,14 +154,18 @@ impl Calls {
         None
     }
 
+    /// Rebuild the deadline heap in its own buffer (no allocation in
+    /// steady state).
     fn compact(&mut self) {
-        let live: Vec<_> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state != CallState::Free && s.deadline != Instant::NEVER)
-            .map(|(i, s)| Reverse((s.deadline, Self::id(s.seq, i).0)))
-            .collect();
+        let mut live = std::mem::take(&mut self.heap).into_vec();
+        live.clear();
+        live.extend(
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.state != CallState::Free && s.deadline != Instant::NEVER)
+                .map(|(i, s)| Reverse((s.deadline, Self::id(s.seq, i).0))),
+        );
         self.heap = BinaryHeap::from(live);
     }
 
