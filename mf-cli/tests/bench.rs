@@ -100,6 +100,17 @@ fn bench_quick_reports_every_system_and_workload() {
         .unwrap();
     assert!(raw_w2["writes_per_msg"].as_f64().unwrap() < 0.5, "{raw_w2}");
     assert!(doc["idle_session_client_bytes"].as_u64().unwrap() > 0);
+    // P6's differential count divides by every call made, so a pipeline's
+    // in-flight tail (up to 256 calls, here against a 400-call difference)
+    // cannot skew it: one allocation per message (the received body) for the
+    // drivers, none for the raw systems, for W1 and W2.
+    let allocs = doc["allocations_per_msg"].as_array().unwrap();
+    assert_eq!(allocs.len(), 8, "{allocs:?}");
+    for a in allocs {
+        let (s, w, n) = (a[0].as_str().unwrap(), a[1].as_str().unwrap(), a[2].as_f64().unwrap());
+        let want = if s.starts_with("raw-") { 0.0 } else { 1.0 };
+        assert!((n - want).abs() < 0.05, "{s} {w}: {n} allocations per message, expected {want}");
+    }
     assert_eq!(
         doc["targets"].as_array().unwrap().len(),
         2 * (6 * 2 + 1),

@@ -270,8 +270,10 @@ pub struct Key {
 /// One run's figures.
 #[derive(Clone, Copy, Debug)]
 pub struct RunFigures {
-    /// Calls completed and checked.
+    /// Calls completed and checked in the measured phase.
     pub calls: u64,
+    /// Calls completed in the whole run (warm-up and drained tail included).
+    pub calls_total: u64,
     /// CPU, wall time and syscalls of the measured phase.
     pub measured: Measured,
     /// Peak resident memory of the process during the run (server start,
@@ -342,7 +344,16 @@ pub fn measure(
             return Err("no call completed in the measured phase".into());
         }
         let rss_growth_bytes = peak_rss_bytes.saturating_sub(rss_before);
-        Ok((run.hist, RunFigures { calls: run.calls, measured, peak_rss_bytes, rss_growth_bytes }))
+        Ok((
+            run.hist,
+            RunFigures {
+                calls: run.calls,
+                calls_total: run.calls_total,
+                measured,
+                peak_rss_bytes,
+                rss_growth_bytes,
+            },
+        ))
     });
     pin_current(None);
     result

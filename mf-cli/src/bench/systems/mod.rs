@@ -140,6 +140,9 @@ impl Drop for ServerHandle {
 pub struct ClientRun {
     /// Calls completed (and checked) in the measured phase.
     pub calls: u64,
+    /// Calls completed in the whole run: warm-up, measured phase and, when
+    /// pipelined, the calls still in flight when the measured phase ended.
+    pub calls_total: u64,
     /// Their latencies, nanoseconds.
     pub hist: Histogram<u64>,
 }
@@ -242,6 +245,7 @@ pub fn sync_calls<C>(
         let mut conn = open(k);
         let mut hist = new_histogram();
         let mut calls = 0;
+        let mut warm_calls = 0;
         let mut i = k as u64;
         let step = conns as u64;
         // Every connection goes through every barrier even after a failure,
@@ -253,6 +257,7 @@ pub fn sync_calls<C>(
                     conn = Err(e);
                     break;
                 }
+                warm_calls += 1;
                 i += step;
                 if Instant::now() > until {
                     break;
@@ -285,7 +290,7 @@ pub fn sync_calls<C>(
         if phases.done.wait().is_leader() {
             meter.end(client_io());
         }
-        conn.map(|_| ClientRun { calls, hist })
+        conn.map(|_| ClientRun { calls, calls_total: warm_calls + calls, hist })
     };
     let runs: Vec<Result<ClientRun, String>> = if conns == 1 {
         vec![one(0)]
@@ -319,6 +324,7 @@ pub async fn async_calls<C>(
         let mut conn = open(k).await;
         let mut hist = new_histogram();
         let mut calls = 0;
+        let mut warm_calls = 0;
         let step = conns as u64;
         let mut i = k as u64;
         if let Ok(c) = conn.as_mut() {
@@ -328,6 +334,7 @@ pub async fn async_calls<C>(
                     conn = Err(e);
                     break;
                 }
+                warm_calls += 1;
                 i += step;
                 if Instant::now() > until {
                     break;
@@ -360,17 +367,18 @@ pub async fn async_calls<C>(
         if done.wait().await.is_leader() {
             meter.end(client_io());
         }
-        conn.map(|_| ClientRun { calls, hist })
+        conn.map(|_| ClientRun { calls, calls_total: warm_calls + calls, hist })
     };
     let runs = futures_util::future::join_all((0..conns).map(one)).await;
     merge(runs)
 }
 
 fn merge(runs: Vec<Result<ClientRun, String>>) -> Result<ClientRun, String> {
-    let mut total = ClientRun { calls: 0, hist: new_histogram() };
+    let mut total = ClientRun { calls: 0, calls_total: 0, hist: new_histogram() };
     for r in runs {
         let r = r?;
         total.calls += r.calls;
+        total.calls_total += r.calls_total;
         // Same bounds on both sides: adding cannot fail.
         let _ = total.hist.add(&r.hist);
     }
@@ -472,6 +480,6 @@ impl<'a> Pipeline<'a> {
 
     /// The result.
     pub fn into_run(self) -> ClientRun {
-        ClientRun { calls: self.calls, hist: self.hist }
+        ClientRun { calls: self.calls, calls_total: self.done, hist: self.hist }
     }
 }
