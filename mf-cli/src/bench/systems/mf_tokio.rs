@@ -113,7 +113,12 @@ pub fn run(
                     &client_io,
                     async |_| Ok(()),
                     async |_: &mut (), i| {
-                        let c = connect(&connector, knobs).await?;
+                        // `start`, not `connect`: the HELLO leaves in the
+                        // same write as the call (no handshake round trip),
+                        // the driver's documented shape for a short-lived
+                        // connection and the one mf-mio's `connect` has.
+                        let c = Client::start(connector.clone(), client_options(knobs))
+                            .map_err(|e| format!("mf-tokio start: {e}"))?;
                         let r = call(&c, &bodies, i).await;
                         c.close().await;
                         r
