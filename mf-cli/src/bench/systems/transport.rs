@@ -11,13 +11,13 @@
 use crate::bench::harness::IoCounters;
 use mf_driver_tokio::transport::{Connect, Listen, Stream};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// Listen backlog of every bench listener (as C8 asks of the product).
 pub const BACKLOG: i32 = 4096;
@@ -207,9 +207,31 @@ impl AsyncRead for CountingRead {
         loop {
             ready!(self.inner.poll_read_ready(cx))?;
             self.counters.read();
-            match self.inner.try_read(buf.initialize_unfilled()) {
+            // As tokio's own `TcpStream::poll_read` does on epoll: a read
+            // that returns less than the buffer has drained the socket, so
+            // the readiness seen before it is cleared and the next poll
+            // waits for epoll instead of making a `recv` that would return
+            // EAGAIN. The read reports a short count as WouldBlock to
+            // `try_io`, which clears exactly the readiness event it saw
+            // before the read (a newer event is kept: no lost wake-up).
+            let b = buf.initialize_unfilled();
+            let len = b.len();
+            let mut short = 0;
+            let r = self.inner.try_io(Interest::READABLE, || {
+                let n = (&*SockRef::from(&*self.inner)).read(b)?;
+                if 0 < n && n < len {
+                    short = n;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match r {
                 Ok(n) => {
                     buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => {
+                    buf.advance(short);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
