@@ -43,9 +43,15 @@ fn raw_server() -> std::net::SocketAddr {
     addr
 }
 
-fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
-    v.sort_unstable();
-    (v[v.len() / 2], v[v.len() * 99 / 100], v[v.len() * 999 / 1000])
+/// Quantile `q` of sorted nanosecond samples, in microseconds.
+fn quantile_us(sorted: &[u64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64 / 1e3
+}
+
+/// "p50 X p99 Y p99.9 Z" of sorted samples.
+fn summary(sorted: &[u64]) -> String {
+    let q = |x| quantile_us(sorted, x);
+    format!("p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us", q(0.5), q(0.99), q(0.999))
 }
 
 fn main() {
@@ -94,13 +100,14 @@ fn main() {
             assert_eq!(r.len(), 64);
         }
     }
+    for v in [&mut raw_us, &mut mf_us, &mut with_wake, &mut without_wake] {
+        v.sort_unstable();
+    }
     if std::env::var("MF_DIST").is_ok() {
         for (name, v) in [("raw", &raw_us), ("mf", &mf_us)] {
-            let mut v = v.clone();
-            v.sort_unstable();
             let q: Vec<String> = [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995]
                 .iter()
-                .map(|&q| format!("p{}={:.1}", q * 100.0, v[(v.len() as f64 * q) as usize] as f64 / 1e3))
+                .map(|&q| format!("p{}={:.1}", q * 100.0, quantile_us(v, q)))
                 .collect();
             println!("{name}: {}", q.join(" "));
         }
@@ -108,23 +115,14 @@ fn main() {
     if attribute {
         for (name, v) in [("calls with a reactor visit", &with_wake), ("calls without", &without_wake)] {
             if v.len() > 10 {
-                let (a, b, c) = percentiles(v.clone());
-                println!(
-                    "{name}: {} calls, p50 {:.1} p99 {:.1} p99.9 {:.1}",
-                    v.len(),
-                    a as f64 / 1e3,
-                    b as f64 / 1e3,
-                    c as f64 / 1e3
-                );
+                println!("{name}: {} calls, {}", v.len(), summary(v));
             }
         }
     }
-    let (r50, r99, r999) = percentiles(raw_us);
-    let (m50, m99, m999) = percentiles(mf_us);
-    let us = |ns: u64| ns as f64 / 1e3;
-    println!("raw: p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us", us(r50), us(r99), us(r999));
-    println!("mf:  p50 {:.1} us  p99 {:.1} us  p99.9 {:.1} us", us(m50), us(m99), us(m999));
-    println!("ratio: p50 {:.2}x  p99 {:.2}x", m50 as f64 / r50 as f64, m99 as f64 / r99 as f64);
+    println!("raw: {}", summary(&raw_us));
+    println!("mf:  {}", summary(&mf_us));
+    let ratio = |q| quantile_us(&mf_us, q) / quantile_us(&raw_us, q);
+    println!("ratio: p50 {:.2}x  p99 {:.2}x", ratio(0.5), ratio(0.99));
     let io = client.stats().io;
     println!(
         "client: {} writes, {} reads, {} I/O-thread wakeups",
